@@ -1,0 +1,429 @@
+//! Where perapera remembers how far it got, and the rule for moving that mark.
+//!
+//! [`Watermark`] tracks entries in read order and yields the position of the longest prefix
+//! that the sink acknowledged. Acks arrive out of order (Kafka partitions, forward chunks);
+//! the watermark never passes an entry that is still unacknowledged. This is the whole
+//! at-least-once promise, so it is small and property-tested.
+//!
+//! [`StateDir`] owns the state directory: an exclusive lock (two instances on one state
+//! directory would interleave checkpoints) and the checkpoint file, written atomically
+//! (temp file, fsync, rename, fsync of the directory) so that a crash at any instant leaves
+//! either the old or the new checkpoint, never a torn one. A checkpoint that does not parse
+//! is an error for the operator (`perapera cursor reset`), never a silent restart.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Tracks in-flight entries in read order; `advance` pops the acknowledged prefix.
+#[derive(Debug)]
+pub struct Watermark<T> {
+    /// Sequence number of `slots[0]`.
+    head: u64,
+    slots: VecDeque<(T, bool)>,
+}
+
+impl<T> Default for Watermark<T> {
+    fn default() -> Self {
+        Watermark {
+            head: 0,
+            slots: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Watermark<T> {
+    /// Adds an entry at the end; returns its sequence number.
+    pub fn push(&mut self, item: T) -> u64 {
+        self.slots.push_back((item, false));
+        self.head + self.slots.len() as u64 - 1
+    }
+
+    /// The entry with sequence number `seq`, if it is still tracked.
+    pub fn get_mut(&mut self, seq: u64) -> Option<(&mut T, bool)> {
+        let idx = seq.checked_sub(self.head)?;
+        self.slots
+            .get_mut(usize::try_from(idx).ok()?)
+            .map(|(item, done)| (item, *done))
+    }
+
+    /// Marks `seq` as acknowledged (or finally handled). Returns true if it was pending.
+    pub fn complete(&mut self, seq: u64) -> bool {
+        let Some(idx) = seq
+            .checked_sub(self.head)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return false;
+        };
+        match self.slots.get_mut(idx) {
+            Some((_, done)) if !*done => {
+                *done = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Pops the completed prefix and returns its last item: the new watermark.
+    pub fn advance(&mut self) -> Option<T> {
+        let mut last = None;
+        while self.slots.front().is_some_and(|(_, done)| *done) {
+            last = self.slots.pop_front().map(|(item, _)| item);
+            self.head += 1;
+        }
+        last
+    }
+
+    /// Entries tracked (pending, or done but behind a pending one).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Sequence numbers of entries not yet completed, in order.
+    pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, done))| !done)
+            .map(|(i, _)| self.head + i as u64)
+    }
+}
+
+/// The on-disk checkpoint: one entry per source name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Format version; this perapera reads and writes [`Checkpoint::VERSION`].
+    pub version: u32,
+    /// Position per source, by source name. Sources no longer configured are kept.
+    pub sources: BTreeMap<String, SourceCheckpoint>,
+}
+
+/// The acknowledged position of one source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceCheckpoint {
+    /// A journal source: the cursor of the last acknowledged entry.
+    Journal {
+        /// sd-journal cursor string.
+        cursor: String,
+        /// `__REALTIME_TIMESTAMP` of that entry, microseconds.
+        entry_time_us: u64,
+        /// When the entry was acknowledged, milliseconds since the epoch.
+        acked_at_ms: u64,
+    },
+}
+
+impl Checkpoint {
+    /// The checkpoint format version.
+    pub const VERSION: u32 = 1;
+
+    /// The journal cursor saved for `source`, if any.
+    pub fn journal_cursor(&self, source: &str) -> Option<&str> {
+        match self.sources.get(source) {
+            Some(SourceCheckpoint::Journal { cursor, .. }) => Some(cursor),
+            None => None,
+        }
+    }
+}
+
+/// Errors of the state directory and checkpoint file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory cannot be created or used.
+    #[error("state directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error(
+        "state directory {path} is in use by another perapera instance{holder}; \
+         run one instance per state directory (set [state] directory to separate them)"
+    )]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// " (pid N)" when known.
+        holder: String,
+    },
+    /// The checkpoint file does not parse.
+    #[error(
+        "checkpoint file {path} is unreadable: {reason}. It was left untouched. \
+         To start over, run `perapera cursor reset` (moves it aside; sources then begin \
+         at their start_at position)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing the checkpoint failed.
+    #[error("checkpoint file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The checkpoint file name inside the state directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+const LOCK_FILE: &str = "lock";
+
+/// A locked state directory. The lock is released when this is dropped.
+#[derive(Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl StateDir {
+    /// Creates the directory if needed and takes its lock.
+    pub fn lock(dir: &Path) -> Result<StateDir, StateError> {
+        let dir_err = |source| StateError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(dir_err)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = lock.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(StateError::Locked {
+                    path: dir.to_path_buf(),
+                    holder: if pid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {pid})")
+                    },
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
+        // Best effort: the pid only makes the "locked" message more helpful.
+        let _ = lock.set_len(0);
+        let _ = write!(lock, "{}", std::process::id());
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Path of the checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.dir.join(CHECKPOINT_FILE)
+    }
+
+    /// Reads the checkpoint; a missing file is an empty checkpoint.
+    pub fn load(&self) -> Result<Checkpoint, StateError> {
+        read_checkpoint(&self.checkpoint_path())
+    }
+
+    /// Writes the checkpoint atomically and durably.
+    pub fn store(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
+        let path = self.checkpoint_path();
+        let io_err = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| io_err(e.into()))?;
+        bytes.push(b'\n');
+        let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err(e)
+        })
+    }
+
+    /// Moves a (possibly corrupt) checkpoint file aside; returns where it went.
+    pub fn move_aside(&self) -> Result<Option<PathBuf>, StateError> {
+        let path = self.checkpoint_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = self.dir.join(format!("{CHECKPOINT_FILE}.reset-{now}"));
+        fs::rename(&path, &aside).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(aside))
+    }
+}
+
+/// Reads a checkpoint file without taking the lock (for `cursor show`).
+pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Checkpoint {
+                version: Checkpoint::VERSION,
+                ..Checkpoint::default()
+            })
+        }
+        Err(source) => {
+            return Err(StateError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(corrupt("the file is empty".into()));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(Checkpoint::VERSION) => {}
+        Some(v) => {
+            return Err(corrupt(format!(
+                "format version {v}, this perapera reads version {}",
+                Checkpoint::VERSION
+            )))
+        }
+        None => return Err(corrupt("no \"version\" number".into())),
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn watermark_waits_for_the_gap() {
+        let mut w = Watermark::default();
+        for i in 0..5 {
+            assert_eq!(w.push(i), i);
+        }
+        assert!(w.complete(1));
+        assert!(w.complete(2));
+        assert_eq!(w.advance(), None);
+        assert!(w.complete(0));
+        assert!(!w.complete(0), "double ack is ignored");
+        assert_eq!(w.advance(), Some(2));
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.pending().collect::<Vec<_>>(), vec![3, 4]);
+        assert!(!w.complete(1), "ack below the watermark is ignored");
+        assert!(!w.complete(99), "ack beyond the end is ignored");
+        assert!(w.complete(4));
+        assert!(w.complete(3));
+        assert_eq!(w.advance(), Some(4));
+        assert!(w.is_empty());
+        assert_eq!(w.push(5), 5);
+    }
+
+    proptest! {
+        /// Acks in any order, with duplicates: the watermark is always the largest n such
+        /// that every entry <= n was acked, and never passes an unacked entry.
+        #[test]
+        fn watermark_is_the_contiguous_acked_prefix(
+            n in 1usize..300,
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..600),
+        ) {
+            let mut w = Watermark::default();
+            for i in 0..n as u64 { w.push(i); }
+            let mut acked = vec![false; n];
+            let mut mark: Option<u64> = None;
+            for idx in order {
+                let seq = idx.index(n);
+                w.complete(seq as u64);
+                acked[seq] = true;
+                if let Some(m) = w.advance() { mark = Some(m); }
+                let expected = acked.iter().take_while(|a| **a).count();
+                prop_assert_eq!(mark.map(|m| m + 1).unwrap_or(0), expected as u64);
+                if let Some(m) = mark {
+                    prop_assert!(acked[..=m as usize].iter().all(|a| *a));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn store_load_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::lock(dir.path()).unwrap();
+        assert!(matches!(
+            StateDir::lock(dir.path()),
+            Err(StateError::Locked { .. })
+        ));
+        assert_eq!(state.load().unwrap().sources.len(), 0);
+        let mut cp = Checkpoint {
+            version: Checkpoint::VERSION,
+            ..Checkpoint::default()
+        };
+        cp.sources.insert(
+            "journal".into(),
+            SourceCheckpoint::Journal {
+                cursor: "s=1;i=2".into(),
+                entry_time_us: 3,
+                acked_at_ms: 4,
+            },
+        );
+        state.store(&cp).unwrap();
+        assert_eq!(state.load().unwrap(), cp);
+        assert_eq!(
+            state.load().unwrap().journal_cursor("journal"),
+            Some("s=1;i=2")
+        );
+        drop(state);
+        StateDir::lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn corrupt_checkpoints_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        for bad in [
+            "",
+            "{\"version\":1,\"sources\":{\"j\":{\"type\":\"journal\",\"cur",
+            "{\"version\":2,\"sources\":{}}",
+            "{\"sources\":{}}",
+            "[1,2]",
+        ] {
+            fs::write(&path, bad).unwrap();
+            let err = read_checkpoint(&path).unwrap_err();
+            assert!(matches!(err, StateError::Corrupt { .. }), "{bad:?}: {err}");
+            assert!(err.to_string().contains("perapera cursor reset"));
+        }
+    }
+}

@@ -1,0 +1,878 @@
+//! The configuration file: parse, then validate, then build.
+//!
+//! `Raw*` structs mirror the TOML exactly (`deny_unknown_fields`, so a typo is an error that
+//! names the key and its line instead of a silently ignored setting). [`Config`] is what the
+//! rest of perapera uses: templates compiled, sizes and durations parsed, the librdkafka
+//! property map merged with our defaults, and every cross-key rule checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::record::Template;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    /// `[state]`.
+    pub state: StateConfig,
+    /// `[pipeline]`.
+    pub pipeline: PipelineConfig,
+    /// `[[source]]`, at least one, names unique.
+    pub sources: Vec<SourceConfig>,
+    /// `[sink]`.
+    pub sink: SinkConfig,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Checkpoint and lock file live here.
+    pub directory: PathBuf,
+    /// How often the checkpoint file is rewritten while the watermark moves (0 = every move).
+    pub checkpoint_interval: Duration,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// At most this many entries are in flight (read, not yet acknowledged).
+    pub max_in_flight: usize,
+    /// At most this many bytes of entries are in flight.
+    pub max_in_flight_bytes: usize,
+    /// On SIGTERM, how long to wait for in-flight acknowledgements.
+    pub shutdown_timeout: Duration,
+}
+
+/// One `[[source]]`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique name; the checkpoint key and the `perapera-source` Kafka header.
+    pub name: String,
+    /// The source type and its settings.
+    pub kind: SourceKind,
+}
+
+/// Source types.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// The systemd journal.
+    Journal(JournalConfig),
+}
+
+/// Where a journal source starts when it has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// The oldest entry available.
+    Head,
+    /// Only entries written after perapera started.
+    Tail,
+}
+
+/// A journalctl-style match term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalMatch {
+    /// `FIELD=value`.
+    Field {
+        /// Field name.
+        name: String,
+        /// Exact value.
+        value: String,
+    },
+    /// `+`: logical OR between the groups before and after.
+    Or,
+}
+
+/// `type = "journal"`.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Read this directory (e.g. a host's /var/log/journal) instead of the local journal.
+    pub directory: Option<PathBuf>,
+    /// Read this journal namespace.
+    pub namespace: Option<String>,
+    /// Matches applied inside sd-journal.
+    pub matches: Vec<JournalMatch>,
+    /// Start without a checkpoint.
+    pub start_at: StartAt,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// JSON lines on standard output.
+    Stdout,
+    /// Apache Kafka.
+    Kafka(KafkaConfig),
+}
+
+/// What to do with an entry Kafka can never accept (too large, invalid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Oversize {
+    /// Cut the largest field until it fits; mark `_PERAPERA_TRUNCATED`.
+    Truncate,
+    /// Skip it (counted and logged).
+    Drop,
+    /// Send a stub with the entry's metadata to this topic.
+    DeadLetter(String),
+}
+
+/// `type = "kafka"`.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Topic template.
+    pub topic: Template,
+    /// Message key template.
+    pub key: Option<Template>,
+    /// Oversize/invalid entry policy.
+    pub oversize: Oversize,
+    /// The complete librdkafka property map (our defaults merged with `[sink.librdkafka]`).
+    pub librdkafka: BTreeMap<String, String>,
+    /// `message.max.bytes`: entries larger than this are handled by `oversize` before sending.
+    pub message_max_bytes: usize,
+}
+
+/// A configuration problem, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type (the message names key and line).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A rule across keys.
+    #[error("config file {path}: {key}: {message}")]
+    Invalid {
+        /// The file, or `<embedded default>`.
+        path: String,
+        /// The key, e.g. `[sink] brokers`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    pipeline: RawPipeline,
+    #[serde(default)]
+    source: Vec<RawSource>,
+    sink: Option<RawSink>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    directory: Option<PathBuf>,
+    checkpoint_interval: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    max_in_flight: Option<u32>,
+    max_in_flight_bytes: Option<ByteSize>,
+    shutdown_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+enum SourceType {
+    Journal,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(rename = "type")]
+    kind: SourceType,
+    name: Option<String>,
+    directory: Option<PathBuf>,
+    namespace: Option<String>,
+    #[serde(default)]
+    matches: Vec<RawMatch>,
+    start_at: Option<StartAt>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+enum SinkType {
+    Kafka,
+    Stdout,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: SinkType,
+    brokers: Option<Vec<String>>,
+    topic: Option<Template>,
+    key: Option<Template>,
+    oversize: Option<RawOversize>,
+    dead_letter_topic: Option<String>,
+    librdkafka: Option<BTreeMap<String, toml::Value>>,
+}
+
+/// A duration written as `"1s"`, `"250ms"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Parses `"250ms"`, `"1s"`, `"1.5s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected e.g. \"500ms\", \"1s\", \"2m\", \"1h\"")
+    })?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be one of ms, s, m, h (e.g. \"25s\")"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A byte size written as an integer or `"64MiB"`, `"512KiB"`, `"1GiB"`, `"10MB"`.
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte size such as 67108864 or \"64MiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a byte size cannot be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_bytes(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid byte size {s:?}: expected e.g. \"64MiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid byte size {s:?}: unit must be one of B, KiB, MiB, GiB, KB, MB, GB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("byte size {s:?} is too large"))
+}
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Template::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+struct RawMatch(JournalMatch);
+
+impl<'de> Deserialize<'de> for RawMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "+" {
+            return Ok(RawMatch(JournalMatch::Or));
+        }
+        let bad = || {
+            de::Error::custom(format!(
+                "invalid match {s:?}: expected FIELD=value (FIELD in A-Z, 0-9, _) or \"+\""
+            ))
+        };
+        let (name, value) = s.split_once('=').ok_or_else(bad)?;
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return Err(bad());
+        }
+        Ok(RawMatch(JournalMatch::Field {
+            name: name.to_string(),
+            value: value.to_string(),
+        }))
+    }
+}
+
+enum RawOversize {
+    Truncate,
+    Drop,
+    DeadLetter(Option<String>),
+}
+
+impl<'de> Deserialize<'de> for RawOversize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const HELP: &str =
+            "\"truncate\", \"drop\", \"dead_letter\" (with dead_letter_topic) or { dead_letter = \"TOPIC\" }";
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOversize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(HELP)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawOversize, E> {
+                match v {
+                    "truncate" => Ok(RawOversize::Truncate),
+                    "drop" => Ok(RawOversize::Drop),
+                    "dead_letter" => Ok(RawOversize::DeadLetter(None)),
+                    _ => Err(E::custom(format!(
+                        "invalid oversize policy {v:?}: expected {HELP}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawOversize, A::Error> {
+                let mut topic = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    if k != "dead_letter" {
+                        return Err(de::Error::custom(format!(
+                            "unknown key {k:?} in oversize: expected {HELP}"
+                        )));
+                    }
+                    topic = Some(map.next_value::<String>()?);
+                }
+                match topic {
+                    Some(t) => Ok(RawOversize::DeadLetter(Some(t))),
+                    None => Err(de::Error::custom(format!(
+                        "empty oversize table: expected {HELP}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The default state directory: `$STATE_DIRECTORY` (systemd), `/var/lib/perapera` as root,
+/// else `$XDG_STATE_HOME/perapera` (or `~/.local/state/perapera`).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, colon-separated; the first is ours.
+        let dir = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !dir.is_empty() {
+            return PathBuf::from(dir);
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/perapera");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(x).join("perapera");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/state/perapera")
+}
+
+impl Config {
+    /// The embedded default: the local journal, from its head, to stdout.
+    pub fn embedded_default() -> Config {
+        Config {
+            path: None,
+            state: StateConfig {
+                directory: default_state_dir(),
+                checkpoint_interval: Duration::from_secs(1),
+            },
+            pipeline: PipelineConfig::default(),
+            sources: vec![SourceConfig {
+                name: "journal".into(),
+                kind: SourceKind::Journal(JournalConfig {
+                    directory: None,
+                    namespace: None,
+                    matches: Vec::new(),
+                    start_at: StartAt::Head,
+                }),
+            }],
+            sink: SinkConfig::Stdout,
+        }
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let defaults = PipelineConfig::default();
+        let pipeline = PipelineConfig {
+            max_in_flight: match raw.pipeline.max_in_flight {
+                Some(0) => {
+                    return Err(invalid(
+                        "[pipeline] max_in_flight",
+                        "must be at least 1 (default 10000)".into(),
+                    ))
+                }
+                Some(n) => n as usize,
+                None => defaults.max_in_flight,
+            },
+            max_in_flight_bytes: match raw.pipeline.max_in_flight_bytes {
+                Some(ByteSize(n)) if n < 1024 => {
+                    return Err(invalid(
+                        "[pipeline] max_in_flight_bytes",
+                        "must be at least 1KiB (default \"64MiB\")".into(),
+                    ))
+                }
+                Some(ByteSize(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => defaults.max_in_flight_bytes,
+            },
+            shutdown_timeout: raw
+                .pipeline
+                .shutdown_timeout
+                .map_or(defaults.shutdown_timeout, |d| d.0),
+        };
+        let state = StateConfig {
+            directory: raw.state.directory.unwrap_or_else(default_state_dir),
+            checkpoint_interval: raw
+                .state
+                .checkpoint_interval
+                .map_or(Duration::from_secs(1), |d| d.0),
+        };
+        if raw.source.is_empty() {
+            return Err(invalid(
+                "[[source]]",
+                "no source configured: add at least one [[source]] with type = \"journal\"".into(),
+            ));
+        }
+        let mut sources: Vec<SourceConfig> = Vec::new();
+        for (i, s) in raw.source.into_iter().enumerate() {
+            let name = s.name.unwrap_or_else(|| "journal".to_string());
+            let key = format!("[[source]] #{} name", i + 1);
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+                return Err(invalid(
+                    &key,
+                    format!("{name:?} is not a usable name: 1-200 printable characters"),
+                ));
+            }
+            if sources.iter().any(|o| o.name == name) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "the name {name:?} is used by two sources; names must be unique (they \
+                         key the checkpoint), so set `name` on each"
+                    ),
+                ));
+            }
+            if s.directory.is_some() && s.namespace.is_some() {
+                return Err(invalid(
+                    &format!("[[source]] {name:?}"),
+                    "set either `directory` or `namespace`, not both".into(),
+                ));
+            }
+            match s.kind {
+                SourceType::Journal => sources.push(SourceConfig {
+                    name,
+                    kind: SourceKind::Journal(JournalConfig {
+                        directory: s.directory,
+                        namespace: s.namespace,
+                        matches: s.matches.into_iter().map(|m| m.0).collect(),
+                        start_at: s.start_at.unwrap_or(StartAt::Head),
+                    }),
+                }),
+            }
+        }
+        let Some(sink) = raw.sink else {
+            return Err(invalid(
+                "[sink]",
+                "no sink configured: add [sink] with type = \"kafka\" or \"stdout\"".into(),
+            ));
+        };
+        let sink = match sink.kind {
+            SinkType::Stdout => {
+                let kafka_only = [
+                    ("brokers", sink.brokers.is_some()),
+                    ("topic", sink.topic.is_some()),
+                    ("key", sink.key.is_some()),
+                    ("oversize", sink.oversize.is_some()),
+                    ("dead_letter_topic", sink.dead_letter_topic.is_some()),
+                    ("librdkafka", sink.librdkafka.is_some()),
+                ];
+                if let Some((k, _)) = kafka_only.iter().find(|(_, set)| *set) {
+                    return Err(invalid(
+                        &format!("[sink] {k}"),
+                        "only applies to type = \"kafka\"; the stdout sink takes no options".into(),
+                    ));
+                }
+                SinkConfig::Stdout
+            }
+            SinkType::Kafka => SinkConfig::Kafka(kafka_config(sink, &invalid)?),
+        };
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            state,
+            pipeline,
+            sources,
+            sink,
+        })
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_in_flight: 10_000,
+            max_in_flight_bytes: 64 << 20,
+            shutdown_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Our librdkafka defaults: durable (`acks=all`, idempotent), compact (zstd), low latency.
+const KAFKA_DEFAULTS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("compression.type", "zstd"),
+    ("linger.ms", "5"),
+    ("message.max.bytes", "1000000"),
+    ("client.id", "perapera"),
+];
+
+/// librdkafka property names that are aliases of each other.
+const ALIASES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "metadata.broker.list"),
+    ("acks", "request.required.acks"),
+    ("compression.type", "compression.codec"),
+    ("linger.ms", "queue.buffering.max.ms"),
+    ("message.timeout.ms", "delivery.timeout.ms"),
+];
+
+fn canonical(key: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(_, alias)| *alias == key)
+        .map_or(key, |(canon, _)| canon)
+}
+
+fn kafka_config(
+    sink: RawSink,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<KafkaConfig, ConfigError> {
+    let topic = sink.topic.ok_or_else(|| {
+        invalid(
+            "[sink] topic",
+            "required for type = \"kafka\", e.g. topic = \"logs.{_SYSTEMD_UNIT:-unknown}\"".into(),
+        )
+    })?;
+    let mut props: BTreeMap<String, String> = KAFKA_DEFAULTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut user: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (key, value) in sink.librdkafka.unwrap_or_default() {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(invalid(
+                    &format!("[sink.librdkafka] {key:?}"),
+                    format!(
+                        "librdkafka properties are strings, numbers or booleans, not a {}",
+                        other.type_str()
+                    ),
+                ))
+            }
+        };
+        let canon = canonical(&key).to_string();
+        if let Some((first, _)) = user.get(&canon) {
+            return Err(invalid(
+                &format!("[sink.librdkafka] {key:?}"),
+                format!("is an alias of {first:?}, which is also set; set it once"),
+            ));
+        }
+        user.insert(canon, (key, text));
+    }
+    let brokers = sink.brokers.unwrap_or_default();
+    let mock = user.contains_key("test.mock.num.brokers");
+    match (brokers.is_empty(), user.get("bootstrap.servers")) {
+        (false, Some((k, _))) => {
+            return Err(invalid(
+                &format!("[sink.librdkafka] {k:?}"),
+                "conflicts with [sink] brokers: give the broker list in one place".into(),
+            ))
+        }
+        (true, None) if !mock => {
+            return Err(invalid(
+                "[sink] brokers",
+                "required for type = \"kafka\", e.g. brokers = [\"kafka1:9092\", \"kafka2:9092\"]"
+                    .into(),
+            ))
+        }
+        (false, None) => {
+            props.insert("bootstrap.servers".into(), brokers.join(","));
+        }
+        _ => {}
+    }
+    if let Some((k, v)) = user.get("delivery.report.only.error") {
+        if v == "true" {
+            return Err(invalid(
+                &format!("[sink.librdkafka] {k:?}"),
+                "perapera needs every delivery report: success is what moves the checkpoint".into(),
+            ));
+        }
+    }
+    for (canon, (key, value)) in user {
+        props.remove(&canon);
+        props.insert(key, value);
+    }
+    let max_key = props
+        .keys()
+        .find(|k| k.as_str() == "message.max.bytes")
+        .cloned()
+        .unwrap_or_default();
+    let message_max_bytes = props
+        .get(&max_key)
+        .and_then(|v| v.parse::<usize>().ok())
+        .ok_or_else(|| {
+            invalid(
+                "[sink.librdkafka] \"message.max.bytes\"",
+                "must be an integer number of bytes".into(),
+            )
+        })?;
+    let oversize = match (sink.oversize, sink.dead_letter_topic) {
+        (None | Some(RawOversize::Truncate), None) => Oversize::Truncate,
+        (Some(RawOversize::Drop), None) => Oversize::Drop,
+        (Some(RawOversize::DeadLetter(Some(t))), None)
+        | (Some(RawOversize::DeadLetter(None)), Some(t)) => Oversize::DeadLetter(t),
+        (Some(RawOversize::DeadLetter(None)), None) => {
+            return Err(invalid(
+                "[sink] oversize",
+                "\"dead_letter\" needs dead_letter_topic = \"TOPIC\"".into(),
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                "[sink] dead_letter_topic",
+                "only applies with oversize = \"dead_letter\"".into(),
+            ))
+        }
+    };
+    if let Oversize::DeadLetter(t) = &oversize {
+        let mut clean = t.clone();
+        crate::record::sanitize_topic(&mut clean);
+        if &clean != t {
+            return Err(invalid(
+                "[sink] dead_letter_topic",
+                format!("{t:?} is not a valid Kafka topic name (allowed: A-Z a-z 0-9 . _ -)"),
+            ));
+        }
+    }
+    Ok(KafkaConfig {
+        topic,
+        key: sink.key,
+        oversize,
+        librdkafka: props,
+        message_max_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/perapera/perapera.toml"))
+    }
+
+    const GOOD: &str = r#"
+[state]
+directory = "/tmp/x"
+checkpoint_interval = "250ms"
+[pipeline]
+max_in_flight = 500
+max_in_flight_bytes = "8MiB"
+shutdown_timeout = "5s"
+[[source]]
+type = "journal"
+directory = "/var/log/journal"
+matches = ["_SYSTEMD_UNIT=nginx.service", "+", "PRIORITY=3"]
+start_at = "tail"
+[sink]
+type = "kafka"
+brokers = ["127.0.0.1:9092", "b:9092"]
+topic = "logs.{_SYSTEMD_UNIT:-unknown}"
+key = "{_HOSTNAME}"
+[sink.librdkafka]
+"compression.type" = "lz4"
+"linger.ms" = 20
+"#;
+
+    #[test]
+    fn full_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.state.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(c.pipeline.max_in_flight, 500);
+        assert_eq!(c.pipeline.max_in_flight_bytes, 8 << 20);
+        assert_eq!(c.sources[0].name, "journal");
+        let SourceKind::Journal(j) = &c.sources[0].kind;
+        assert_eq!(j.matches.len(), 3);
+        assert_eq!(j.matches[1], JournalMatch::Or);
+        assert_eq!(j.start_at, StartAt::Tail);
+        let SinkConfig::Kafka(k) = &c.sink else {
+            panic!()
+        };
+        assert_eq!(k.librdkafka["bootstrap.servers"], "127.0.0.1:9092,b:9092");
+        assert_eq!(k.librdkafka["compression.type"], "lz4");
+        assert_eq!(k.librdkafka["linger.ms"], "20");
+        assert_eq!(k.librdkafka["enable.idempotence"], "true");
+        assert_eq!(k.message_max_bytes, 1_000_000);
+        assert_eq!(k.oversize, Oversize::Truncate);
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("[state]\ndirectry = \"/x\"\n");
+        assert!(e.contains("directry") && e.contains("line 2"), "{e}");
+        assert!(e.contains("/etc/perapera/perapera.toml"), "{e}");
+        let e = err("[pipeline]\nmax_in_flight = \"many\"\n");
+        assert!(e.contains("max_in_flight") || e.contains("line 2"), "{e}");
+        let e = err("[state]\ncheckpoint_interval = \"1 fortnight\"\n");
+        assert!(e.contains("unit must be one of"), "{e}");
+        let e = err("[[source]]\ntype = \"journald\"\n");
+        assert!(e.contains("journal"), "{e}");
+        let e =
+            err("[[source]]\ntype = \"journal\"\nmatches = [\"nope\"]\n[sink]\ntype=\"stdout\"\n");
+        assert!(e.contains("FIELD=value"), "{e}");
+        let e = err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\ntopic=\"t\"\n");
+        assert!(e.contains("[sink] brokers"), "{e}");
+        let e = err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t.{x\"\n");
+        assert!(e.contains("unclosed"), "{e}");
+        let e = err("[[source]]\ntype = \"journal\"\n[[source]]\ntype = \"journal\"\n[sink]\ntype=\"stdout\"\n");
+        assert!(e.contains("unique"), "{e}");
+        let e = err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"stdout\"\ntopic=\"x\"\n");
+        assert!(e.contains("[sink] topic"), "{e}");
+        let e = err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n[sink.librdkafka]\n\"bootstrap.servers\"=\"b:1\"\n");
+        assert!(e.contains("conflicts with [sink] brokers"), "{e}");
+        let e = err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n[sink.librdkafka]\n\"linger.ms\"=1\n\"queue.buffering.max.ms\"=2\n");
+        assert!(e.contains("alias"), "{e}");
+        let e = err("this is = not toml [");
+        assert!(e.contains("line 1"), "{e}");
+        let e = err("[sink]\ntype=\"stdout\"\n");
+        assert!(e.contains("no source"), "{e}");
+    }
+
+    #[test]
+    fn oversize_forms() {
+        let base = "[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n";
+        let k = |extra: &str| match parse(&format!("{base}{extra}")).map(|c| c.sink) {
+            Ok(SinkConfig::Kafka(k)) => Ok(k.oversize),
+            Ok(_) => panic!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(k("oversize = \"drop\"\n"), Ok(Oversize::Drop));
+        assert_eq!(
+            k("oversize = { dead_letter = \"dlq\" }\n"),
+            Ok(Oversize::DeadLetter("dlq".into()))
+        );
+        assert_eq!(
+            k("oversize = \"dead_letter\"\ndead_letter_topic = \"dlq\"\n"),
+            Ok(Oversize::DeadLetter("dlq".into()))
+        );
+        assert!(k("oversize = \"dead_letter\"\n")
+            .unwrap_err()
+            .contains("dead_letter_topic"));
+        assert!(k("oversize = \"shred\"\n")
+            .unwrap_err()
+            .contains("truncate"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert!(parse_bytes("10 parsecs").is_err());
+    }
+}

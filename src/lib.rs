@@ -1,0 +1,28 @@
+//! perapera: a host-local log shipper that reads the systemd journal, encodes each entry as
+//! MessagePack, produces it to Kafka (or writes JSON lines to stdout), and persists the
+//! journal cursor only over entries the sink acknowledged.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, parsed then validated.
+//! - [`record`]: the entry type, field values and templates.
+//! - [`encode`]: MessagePack and JSON encoding.
+//! - [`checkpoint`]: the acknowledgement watermark, the atomic checkpoint file and the lock.
+//! - [`pipeline`]: source → sink wiring, the in-flight window, retries, shutdown.
+//! - [`source`]: the journal reader (one OS thread per journal).
+//! - [`sink`]: Kafka and stdout.
+//! - [`ops`]: counters and rate-limited logging.
+//!
+//! [`run`] is the whole agent: tests start it with a shutdown future they control.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod encode;
+pub mod ops;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod source;
+
+pub use pipeline::{run, RunError, Summary};

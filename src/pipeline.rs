@@ -1,0 +1,671 @@
+//! Source → sink wiring: the in-flight window, acknowledgements, retries, the oversize policy,
+//! checkpoints and shutdown. One task owns all of this state, so the hot path takes no locks.
+//!
+//! Every entry read gets a slot in its source's [`Watermark`] and an id that travels through
+//! the sink and comes back in an [`Ack`]. The id packs (source, attempt, sequence): re-sending
+//! an entry bumps its attempt, so a stale failure report of an earlier attempt (for example
+//! the purge reports of a producer we replaced) is ignored, while a success of any attempt
+//! counts: the entry is in Kafka.
+//!
+//! The window (`max_in_flight` entries, `max_in_flight_bytes`) counts slots from the oldest
+//! unacknowledged entry onwards. While it is full the pipeline takes no batches, the sources'
+//! bounded channels fill and they stop reading: a sink outage of any length costs no memory.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use crate::checkpoint::{Checkpoint, SourceCheckpoint, StateDir, StateError, Watermark};
+use crate::config::{Config, Oversize, SinkConfig, SourceKind};
+use crate::encode;
+use crate::ops::metrics::Stats;
+use crate::ops::ratelimit::RateLimit;
+use crate::record::{Record, Value};
+use crate::sink::{Ack, DeliveryError, Outgoing, SendError, Sink};
+use crate::source::journal::{JournalReader, Start};
+use crate::source::{Batch, SourceError};
+
+/// Why `run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// State directory, lock or checkpoint.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A source could not start.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The sink could not be created or recreated.
+    #[error("sink: {0}")]
+    Sink(String),
+    /// A source's reader ended on its own.
+    #[error("source reader stopped unexpectedly; see the errors above")]
+    SourceEnded,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Entries still unacknowledged at exit (re-sent on the next start).
+    pub unacked: usize,
+}
+
+const SEQ_BITS: u32 = 40;
+const ATTEMPT_BITS: u32 = 16;
+
+fn pack(source: usize, attempt: u16, seq: u64) -> u64 {
+    ((source as u64) << (SEQ_BITS + ATTEMPT_BITS))
+        | (u64::from(attempt) << SEQ_BITS)
+        | (seq & ((1 << SEQ_BITS) - 1))
+}
+
+fn unpack(id: u64) -> (usize, u16, u64) {
+    (
+        (id >> (SEQ_BITS + ATTEMPT_BITS)) as usize,
+        (id >> SEQ_BITS) as u16,
+        id & ((1 << SEQ_BITS) - 1),
+    )
+}
+
+/// An entry between read and acknowledgement.
+struct Slot {
+    position: String,
+    entry_time_us: u64,
+    /// `None` once done (acknowledged or finally handled).
+    record: Option<Record>,
+    bytes: usize,
+    attempt: u16,
+    rejections: u8,
+    dead_letter: bool,
+    timestamp_now: bool,
+}
+
+struct SourceState {
+    name: String,
+    window: Watermark<Slot>,
+    /// Last acknowledged (cursor, entry time), not yet written if `dirty`.
+    acked: Option<(String, u64)>,
+    dirty: bool,
+}
+
+/// How long to wait before re-sending after a transient failure: doubles per consecutive
+/// failure, 100 ms, 200 ms, ... capped at 30 s; reset by any success.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A full client queue is backpressure: retry soon, without growing the backoff.
+const QUEUE_FULL_DELAY: Duration = Duration::from_millis(20);
+/// An entry rejected as invalid is retried as is this many times (a batch-level rejection hits
+/// innocent neighbours too) before the oversize policy applies.
+const INVALID_RETRIES: u8 = 3;
+/// Truncation attempts before a too-large entry is dropped.
+const TRUNCATE_ATTEMPTS: u8 = 6;
+
+struct Pipeline {
+    sources: Vec<SourceState>,
+    sink: Sink,
+    oversize: Oversize,
+    in_flight: usize,
+    in_flight_bytes: usize,
+    retry: Vec<(usize, u64)>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    fatal: bool,
+    stats: Arc<Stats>,
+    limit: RateLimit,
+    checkpoint: Checkpoint,
+    state: StateDir,
+}
+
+/// Runs perapera until `shutdown` resolves, then drains and writes the final checkpoint.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    let state = StateDir::lock(&config.state.directory)?;
+    let checkpoint = state.load()?;
+    let stats = Arc::new(Stats::new(config.sources.iter().map(|s| s.name.as_str())));
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let batch_entries = (config.pipeline.max_in_flight / 4).clamp(1, 512);
+    let mut readers = Vec::new();
+    for (index, source) in config.sources.iter().enumerate() {
+        let SourceKind::Journal(jc) = &source.kind;
+        let start = match checkpoint.journal_cursor(&source.name) {
+            Some(c) => Start::After(c.to_string()),
+            None => Start::Fresh(jc.start_at),
+        };
+        tracing::info!(source = %source.name, start = ?start, "Opening journal source");
+        let reader = JournalReader {
+            index,
+            name: source.name.clone(),
+            config: jc.clone(),
+            start,
+            batch_entries,
+            stats: stats.clone(),
+        };
+        match reader.spawn(batch_tx.clone(), stop.clone()) {
+            Ok(h) => readers.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        }
+    }
+    drop(batch_tx);
+    let oversize = match &config.sink {
+        SinkConfig::Kafka(k) => k.oversize.clone(),
+        SinkConfig::Stdout => Oversize::Truncate,
+    };
+    tracing::info!(
+        sink = sink.kind(),
+        sources = config.sources.len(),
+        max_in_flight = config.pipeline.max_in_flight,
+        "perapera is running"
+    );
+    let mut p = Pipeline {
+        sources: config
+            .sources
+            .iter()
+            .map(|s| SourceState {
+                name: s.name.clone(),
+                window: Watermark::default(),
+                acked: None,
+                dirty: false,
+            })
+            .collect(),
+        sink,
+        oversize,
+        in_flight: 0,
+        in_flight_bytes: 0,
+        retry: Vec::new(),
+        retry_at: None,
+        backoff: BACKOFF_MIN,
+        fatal: false,
+        stats: stats.clone(),
+        limit: RateLimit::new(Duration::from_secs(10)),
+        checkpoint,
+        state,
+    };
+
+    let interval = config.state.checkpoint_interval;
+    let mut next_checkpoint = Instant::now() + interval;
+    let mut deadline: Option<Instant> = None;
+    let mut sources_open = true;
+    let mut result = Ok(());
+    tokio::pin!(shutdown);
+    loop {
+        let room = deadline.is_none()
+            && sources_open
+            && p.in_flight < config.pipeline.max_in_flight
+            && p.in_flight_bytes < config.pipeline.max_in_flight_bytes;
+        let retry_at = p.retry_at;
+        tokio::select! {
+            biased;
+            () = &mut shutdown, if deadline.is_none() => {
+                tracing::info!(in_flight = p.in_flight, timeout = ?config.pipeline.shutdown_timeout,
+                    "Shutting down: stopped reading, waiting for in-flight acknowledgements");
+                stop.store(true, Ordering::Relaxed);
+                deadline = Some(Instant::now() + config.pipeline.shutdown_timeout);
+            }
+            Some(ack) = ack_rx.recv() => {
+                p.on_ack(ack);
+                while let Ok(ack) = ack_rx.try_recv() {
+                    p.on_ack(ack);
+                }
+                p.advance();
+            }
+            batch = batch_rx.recv(), if room => match batch {
+                Some(batch) => p.submit(batch),
+                None => {
+                    sources_open = false;
+                    if deadline.is_none() {
+                        result = Err(RunError::SourceEnded);
+                        deadline = Some(Instant::now() + config.pipeline.shutdown_timeout);
+                    }
+                }
+            },
+            () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                p.resend_due();
+            }
+            () = sleep_until(next_checkpoint) => {
+                p.write_checkpoint();
+                next_checkpoint = Instant::now() + interval.max(Duration::from_millis(10));
+            }
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                tracing::warn!(unacknowledged = p.in_flight,
+                    "Shutdown timeout reached; unacknowledged entries will be re-sent on restart");
+                break;
+            }
+        }
+        if p.fatal {
+            p.fatal = false;
+            if let Err(e) = p.recreate_sink() {
+                result = Err(RunError::Sink(e));
+                break;
+            }
+        }
+        if interval.is_zero() {
+            p.write_checkpoint();
+        }
+        if deadline.is_some() && p.in_flight == 0 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Apply what arrived last, write the final checkpoint, then release the client.
+    while let Ok(ack) = ack_rx.try_recv() {
+        p.on_ack(ack);
+    }
+    p.advance();
+    p.write_checkpoint();
+    let remaining = deadline.map_or(Duration::ZERO, |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    let unacked = p.in_flight;
+    let Pipeline { sink, state, .. } = p;
+    sink.close(remaining.max(Duration::from_millis(100)));
+    drop(state);
+    drop(batch_rx);
+    for line in stats.summary() {
+        tracing::info!("Totals: {line}");
+    }
+    let join = tokio::task::spawn_blocking(move || {
+        readers.into_iter().for_each(|h| {
+            let _ = h.join();
+        })
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(2), join).await;
+    result.map(|()| Summary { unacked })
+}
+
+impl Pipeline {
+    fn submit(&mut self, batch: Batch) {
+        for mut record in batch.records {
+            let bytes = record.byte_size();
+            let position = std::mem::take(&mut record.position);
+            let slot = Slot {
+                entry_time_us: record.time_ns / 1000,
+                position,
+                record: Some(record),
+                bytes,
+                attempt: 0,
+                rejections: 0,
+                dead_letter: false,
+                timestamp_now: false,
+            };
+            let Some(source) = self.sources.get_mut(batch.source) else {
+                continue;
+            };
+            let seq = source.window.push(slot);
+            self.in_flight += 1;
+            self.in_flight_bytes += bytes;
+            self.send(batch.source, seq);
+        }
+        self.sink.flush_burst();
+    }
+
+    /// Sends (or re-sends) the slot with a new attempt number.
+    fn send(&mut self, src: usize, seq: u64) {
+        let Some(source) = self.sources.get_mut(src) else {
+            return;
+        };
+        let Some((slot, false)) = source.window.get_mut(seq) else {
+            return;
+        };
+        let Some(record) = &slot.record else {
+            return;
+        };
+        slot.attempt = slot.attempt.wrapping_add(1);
+        let dead_letter = match (&self.oversize, slot.dead_letter) {
+            (Oversize::DeadLetter(t), true) => Some(t.as_str()),
+            _ => None,
+        };
+        let out = Outgoing {
+            id: pack(src, slot.attempt, seq),
+            source: &source.name,
+            position: &slot.position,
+            record,
+            dead_letter,
+            timestamp_now: slot.timestamp_now,
+        };
+        match self.sink.send(out) {
+            Ok(()) => {}
+            Err(SendError::Full) => self.schedule_retry(src, seq, QUEUE_FULL_DELAY),
+            Err(SendError::Failed(e)) => self.on_failure(src, seq, e),
+        }
+    }
+
+    fn on_ack(&mut self, ack: Ack) {
+        let (src, attempt, seq) = unpack(ack.id);
+        let Some(source) = self.sources.get_mut(src) else {
+            return;
+        };
+        let Some((slot, false)) = source.window.get_mut(seq) else {
+            return; // already done: a late report of an earlier attempt
+        };
+        match ack.result {
+            Ok(()) => {
+                self.backoff = BACKOFF_MIN;
+                self.finish(src, seq, None);
+            }
+            Err(_) if slot.attempt != attempt => {} // superseded by a re-send
+            Err(e) => self.on_failure(src, seq, e),
+        }
+    }
+
+    fn on_failure(&mut self, src: usize, seq: u64, error: DeliveryError) {
+        match error {
+            DeliveryError::Retriable(reason) => {
+                self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.limit.allow("retriable") {
+                    tracing::warn!(%reason, suppressed, retry_in = ?self.backoff,
+                        "Sink did not acknowledge entries; they stay in flight and will be re-sent");
+                }
+                let delay = self.backoff;
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.schedule_retry(src, seq, delay);
+            }
+            DeliveryError::BadTimestamp(reason) => {
+                if let Some((slot, _)) = self.sources[src].window.get_mut(seq) {
+                    slot.timestamp_now = true;
+                }
+                if let Some(suppressed) = self.limit.allow("timestamp") {
+                    tracing::warn!(%reason, suppressed,
+                        "Broker rejected an entry's timestamp (clock skew?); re-sending with the \
+                         produce time, the original time stays in the payload");
+                }
+                self.schedule_retry(src, seq, Duration::ZERO);
+            }
+            DeliveryError::Fatal(reason) => {
+                tracing::error!(%reason, "Sink client failed fatally; it will be recreated");
+                self.fatal = true;
+            }
+            DeliveryError::TooLarge(reason) => self.reject(src, seq, true, reason),
+            DeliveryError::Invalid(reason) => self.reject(src, seq, false, reason),
+        }
+    }
+
+    /// The oversize policy: an entry the sink can never accept must not stall the watermark.
+    fn reject(&mut self, src: usize, seq: u64, too_large: bool, reason: String) {
+        let limit = self.sink.payload_limit();
+        let oversize = self.oversize.clone();
+        let source = &mut self.sources[src];
+        let Some((slot, false)) = source.window.get_mut(seq) else {
+            return;
+        };
+        slot.rejections = slot.rejections.saturating_add(1);
+        if !too_large && slot.rejections < INVALID_RETRIES {
+            self.schedule_retry(src, seq, BACKOFF_MIN);
+            return;
+        }
+        let verdict: Result<&'static str, &'static str> = match (&oversize, slot.record.as_mut()) {
+            (_, None) => return,
+            (_, Some(_)) if slot.dead_letter => Err("dead_letter_rejected"),
+            (Oversize::Drop, _) => Err(if too_large { "too_large" } else { "invalid" }),
+            (Oversize::Truncate, Some(_)) if !too_large => Err("invalid"),
+            (Oversize::Truncate, Some(_)) if slot.rejections > TRUNCATE_ATTEMPTS => {
+                Err("too_large")
+            }
+            (Oversize::Truncate, Some(record)) => {
+                // First rejection: fit the client's limit. Later ones came from the broker
+                // (its topic limit is lower than ours): halve until it fits.
+                let target = match (slot.rejections, limit) {
+                    (1, Some(l)) => l,
+                    _ => encode::msgpack(record).len() / 2,
+                };
+                if truncate_to(record, target) {
+                    Ok("truncated")
+                } else {
+                    Err("too_large")
+                }
+            }
+            (Oversize::DeadLetter(_), Some(record)) => {
+                let original = encode::msgpack(record).len();
+                *record = dead_letter_stub(record, &slot.position, original, &reason);
+                slot.dead_letter = true;
+                Ok("dead_lettered")
+            }
+        };
+        let name = source.name.clone();
+        let position = slot.position.clone();
+        match verdict {
+            Ok(action) => {
+                self.stats.failed(&name, action);
+                if let Some(suppressed) = self.limit.allow(action) {
+                    tracing::warn!(source = %name, %position, %reason, action, suppressed,
+                        "Sink cannot accept an entry as is; sending it {action} per the oversize policy");
+                }
+                self.schedule_retry(src, seq, Duration::ZERO);
+            }
+            Err(why) => {
+                let cause = format!("dropped_{why}");
+                if let Some(suppressed) = self.limit.allow(&cause) {
+                    tracing::error!(source = %name, %position, %reason, why, suppressed,
+                        "Dropping an entry the sink can never accept (oversize policy); it is counted in perapera_entries_failed_total");
+                }
+                self.stats.failed(
+                    &name,
+                    match why {
+                        "invalid" => "dropped_invalid",
+                        "dead_letter_rejected" => "dropped_dead_letter_rejected",
+                        _ => "dropped_too_large",
+                    },
+                );
+                self.finish(src, seq, Some(()));
+            }
+        }
+    }
+
+    /// Marks a slot done (acknowledged, or dropped by policy) and frees its window share.
+    fn finish(&mut self, src: usize, seq: u64, dropped: Option<()>) {
+        let source = &mut self.sources[src];
+        let bytes = match source.window.get_mut(seq) {
+            Some((slot, false)) => {
+                slot.record = None;
+                slot.bytes
+            }
+            _ => return,
+        };
+        if source.window.complete(seq) {
+            self.in_flight -= 1;
+            self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
+            if dropped.is_none() {
+                self.stats.acked(src, 1);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, src: usize, seq: u64, delay: Duration) {
+        self.retry.push((src, seq));
+        let at = Instant::now() + delay;
+        self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn resend_due(&mut self) {
+        self.retry_at = None;
+        let mut due = std::mem::take(&mut self.retry);
+        // Re-send in read order, each entry once.
+        due.sort_unstable();
+        due.dedup();
+        for (src, seq) in due {
+            self.send(src, seq);
+        }
+        self.sink.flush_burst();
+    }
+
+    fn recreate_sink(&mut self) -> Result<(), String> {
+        self.sink.recreate()?;
+        self.retry.clear();
+        self.retry_at = None;
+        let pending: Vec<(usize, u64)> = self
+            .sources
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.window.pending().map(move |seq| (i, seq)))
+            .collect();
+        tracing::warn!(
+            entries = pending.len(),
+            "Re-sending every unacknowledged entry on the new sink client"
+        );
+        for (src, seq) in pending {
+            self.send(src, seq);
+        }
+        self.sink.flush_burst();
+        Ok(())
+    }
+
+    fn advance(&mut self) {
+        for source in &mut self.sources {
+            if let Some(slot) = source.window.advance() {
+                source.acked = Some((slot.position, slot.entry_time_us));
+                source.dirty = true;
+            }
+        }
+    }
+
+    fn write_checkpoint(&mut self) {
+        if !self.sources.iter().any(|s| s.dirty) {
+            return;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for source in &self.sources {
+            if let (true, Some((cursor, time))) = (source.dirty, &source.acked) {
+                self.checkpoint.sources.insert(
+                    source.name.clone(),
+                    SourceCheckpoint::Journal {
+                        cursor: cursor.clone(),
+                        entry_time_us: *time,
+                        acked_at_ms: now_ms,
+                    },
+                );
+            }
+        }
+        self.checkpoint.version = Checkpoint::VERSION;
+        match self.state.store(&self.checkpoint) {
+            Ok(()) => self.sources.iter_mut().for_each(|s| s.dirty = false),
+            Err(e) => {
+                if let Some(suppressed) = self.limit.allow("checkpoint") {
+                    tracing::error!(error = %e, suppressed,
+                        "Cannot write the checkpoint; the previous one stays valid and writing is \
+                         retried (a restart now would re-send more entries, none are lost)");
+                }
+            }
+        }
+    }
+}
+
+/// Shrinks `record` until its encoding fits `target` bytes, marking `_PERAPERA_TRUNCATED`
+/// with the original encoded size. False if it cannot be made to fit.
+fn truncate_to(record: &mut Record, target: usize) -> bool {
+    let original = encode::msgpack(record).len();
+    if record.get("_PERAPERA_TRUNCATED").is_none() {
+        record.set("_PERAPERA_TRUNCATED", Value::UInt(original as u64));
+    }
+    for _ in 0..32 {
+        let size = encode::msgpack(record).len();
+        if size <= target {
+            return true;
+        }
+        if !record.cut_largest(size - target) {
+            return false;
+        }
+    }
+    false
+}
+
+/// What goes to the dead-letter topic instead of an entry the sink rejected: every field up
+/// to 1 KiB (the metadata), larger ones replaced by their size, plus why and where.
+fn dead_letter_stub(record: &Record, position: &str, original: usize, reason: &str) -> Record {
+    const KEEP: usize = 1024;
+    let mut fields: Vec<(String, Value)> = record
+        .fields
+        .iter()
+        .map(|(n, v)| {
+            if v.len() <= KEEP {
+                (n.clone(), v.clone())
+            } else {
+                (
+                    n.clone(),
+                    Value::Str(format!("<{} bytes omitted>", v.len())),
+                )
+            }
+        })
+        .collect();
+    fields.push(("_PERAPERA_REJECTED".into(), Value::Str(reason.to_string())));
+    fields.push((
+        "_PERAPERA_ORIGINAL_BYTES".into(),
+        Value::UInt(original as u64),
+    ));
+    fields.push((
+        "_PERAPERA_POSITION".into(),
+        Value::Str(position.to_string()),
+    ));
+    Record {
+        fields,
+        time_ns: record.time_ns,
+        position: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        for (s, a, q) in [(0, 0, 0), (3, 65535, (1 << 40) - 1), (255, 7, 123_456)] {
+            assert_eq!(unpack(pack(s, a, q)), (s, a, q));
+        }
+    }
+
+    #[test]
+    fn truncation_fits_and_marks() {
+        let mut r = Record {
+            fields: vec![
+                ("MESSAGE".into(), Value::Str("ü".repeat(300_000))),
+                ("_HOSTNAME".into(), Value::Str("h".into())),
+            ],
+            ..Record::default()
+        };
+        let original = encode::msgpack(&r).len();
+        assert!(truncate_to(&mut r, 100_000));
+        assert!(encode::msgpack(&r).len() <= 100_000);
+        assert_eq!(
+            r.get("_PERAPERA_TRUNCATED"),
+            Some(&Value::UInt(original as u64))
+        );
+        assert_eq!(r.get("_HOSTNAME"), Some(&Value::Str("h".into())));
+        let mut tiny = Record {
+            fields: vec![("N".into(), Value::UInt(1))],
+            ..Record::default()
+        };
+        assert!(!truncate_to(&mut tiny, 3));
+    }
+
+    #[test]
+    fn dead_letter_stub_keeps_metadata() {
+        let r = Record {
+            fields: vec![
+                ("MESSAGE".into(), Value::Str("x".repeat(5000))),
+                ("_SYSTEMD_UNIT".into(), Value::Str("a.service".into())),
+            ],
+            time_ns: 5,
+            position: String::new(),
+        };
+        let s = dead_letter_stub(&r, "s=1;i=2", 5050, "too large");
+        assert_eq!(s.get("_SYSTEMD_UNIT"), r.get("_SYSTEMD_UNIT"));
+        assert_eq!(
+            s.get("MESSAGE"),
+            Some(&Value::Str("<5000 bytes omitted>".into()))
+        );
+        assert_eq!(
+            s.get("_PERAPERA_POSITION"),
+            Some(&Value::Str("s=1;i=2".into()))
+        );
+        assert_eq!(s.get("_PERAPERA_ORIGINAL_BYTES"), Some(&Value::UInt(5050)));
+    }
+}

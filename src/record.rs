@@ -1,0 +1,374 @@
+//! The unit that flows through perapera: a [`Record`] read from a source, plus the
+//! templates that turn a record into a Kafka topic, key or forward tag.
+//!
+//! A record is an ordered list of fields whose values keep the bytes the source gave us:
+//! valid UTF-8 becomes [`Value::Str`], anything else [`Value::Bin`], so nothing is lost or
+//! mangled on the way to MessagePack. A field that occurs more than once in a journal entry
+//! becomes a [`Value::Array`].
+
+use std::fmt;
+
+/// A field value, as it will be encoded in MessagePack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// Valid UTF-8 text (msgpack `str`).
+    Str(String),
+    /// Bytes that are not valid UTF-8 (msgpack `bin`).
+    Bin(Vec<u8>),
+    /// An unsigned integer, e.g. `__REALTIME_TIMESTAMP` in microseconds.
+    UInt(u64),
+    /// A field that occurred more than once, values in source order.
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// `Str` when the bytes are valid UTF-8, `Bin` otherwise. Does not copy.
+    pub fn from_bytes(bytes: Vec<u8>) -> Value {
+        match String::from_utf8(bytes) {
+            Ok(s) => Value::Str(s),
+            Err(e) => Value::Bin(e.into_bytes()),
+        }
+    }
+
+    /// Payload size in bytes (used for the in-flight byte window and truncation).
+    pub fn len(&self) -> usize {
+        match self {
+            Value::Str(s) => s.len(),
+            Value::Bin(b) => b.len(),
+            Value::UInt(_) => 8,
+            Value::Array(items) => items.iter().map(Value::len).sum(),
+        }
+    }
+
+    /// True when the value carries no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The text of this value for templates: the first element of an array, integers in
+    /// decimal, binary values lossily.
+    fn render(&self, out: &mut String) {
+        match self {
+            Value::Str(s) => out.push_str(s),
+            Value::Bin(b) => out.push_str(&String::from_utf8_lossy(b)),
+            Value::UInt(n) => out.push_str(&n.to_string()),
+            Value::Array(items) => {
+                if let Some(first) = items.first() {
+                    first.render(out)
+                }
+            }
+        }
+    }
+}
+
+/// One log entry on its way to the sink.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Fields in encoding order; names are unique.
+    pub fields: Vec<(String, Value)>,
+    /// The entry's time in nanoseconds since the Unix epoch (the Kafka timestamp source).
+    pub time_ns: u64,
+    /// Where this entry is in its source (journal cursor); persisted once acknowledged.
+    pub position: String,
+}
+
+impl Record {
+    /// The value of a field, if present.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Sets a field, replacing an existing one of the same name.
+    pub fn set(&mut self, name: &str, value: Value) {
+        match self.fields.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => self.fields.push((name.to_string(), value)),
+        }
+    }
+
+    /// Approximate size in bytes: names plus values.
+    pub fn byte_size(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+            + self.position.len()
+    }
+
+    /// Cuts the largest field value (UTF-8-safe for text) so that the record shrinks by at
+    /// least `excess` bytes. Returns false when there is nothing left to cut.
+    pub fn cut_largest(&mut self, excess: usize) -> bool {
+        let Some(largest) = largest_value(&mut self.fields) else {
+            return false;
+        };
+        let len = largest.len();
+        if len == 0 {
+            return false;
+        }
+        let keep = len.saturating_sub(excess);
+        match largest {
+            Value::Str(s) => {
+                let mut cut = keep.min(s.len());
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.truncate(cut);
+            }
+            Value::Bin(b) => b.truncate(keep),
+            Value::UInt(_) | Value::Array(_) => return false,
+        }
+        true
+    }
+}
+
+/// The largest string or binary value, looking inside arrays.
+fn largest_value(fields: &mut [(String, Value)]) -> Option<&mut Value> {
+    fn walk<'a>(v: &'a mut Value, best: &mut Option<&'a mut Value>) {
+        match v {
+            Value::Array(items) => items.iter_mut().for_each(|i| walk(i, best)),
+            Value::UInt(_) => {}
+            other => {
+                if best.as_ref().is_none_or(|b| b.len() < other.len()) {
+                    *best = Some(other);
+                }
+            }
+        }
+    }
+    let mut best = None;
+    for (_, v) in fields.iter_mut() {
+        walk(v, &mut best);
+    }
+    best
+}
+
+/// A template over record fields: `logs.{_SYSTEMD_UNIT:-unknown}`.
+///
+/// `{FIELD}` is replaced by the field's value, `{FIELD:-default}` uses `default` when the
+/// field is missing, `{{` and `}}` are literal braces.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field { name: String, default: String },
+}
+
+/// A template that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid template {template:?}: {reason}")]
+pub struct TemplateError {
+    template: String,
+    reason: &'static str,
+}
+
+impl Template {
+    /// Parses a template.
+    pub fn parse(s: &str) -> Result<Template, TemplateError> {
+        let err = |reason| TemplateError {
+            template: s.to_string(),
+            reason,
+        };
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '}' => return Err(err("unmatched `}` (write `}}` for a literal brace)")),
+                '{' => {
+                    let mut inner = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some('{') => return Err(err("`{` inside a field reference")),
+                            Some(c) => inner.push(c),
+                            None => {
+                                return Err(err("unclosed `{` (write `{{` for a literal brace)"))
+                            }
+                        }
+                    }
+                    let (name, default) = match inner.split_once(":-") {
+                        Some((n, d)) => (n, d),
+                        None => (inner.as_str(), ""),
+                    };
+                    if name.is_empty() {
+                        return Err(err("empty field name in `{}`"));
+                    }
+                    if !lit.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Field {
+                        name: name.to_string(),
+                        default: default.to_string(),
+                    });
+                }
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        Ok(Template {
+            source: s.to_string(),
+            parts,
+        })
+    }
+
+    /// True when the template has no field references.
+    pub fn is_static(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
+    /// Renders the template into `out` (cleared first).
+    pub fn render_into(&self, record: &Record, out: &mut String) {
+        out.clear();
+        for part in &self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Field { name, default } => match record.get(name) {
+                    Some(v) => v.render(out),
+                    None => out.push_str(default),
+                },
+            }
+        }
+    }
+
+    /// Renders the template.
+    pub fn render(&self, record: &Record) -> String {
+        let mut out = String::new();
+        self.render_into(record, &mut out);
+        out
+    }
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.source)
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// Makes `name` a legal Kafka topic name in place: characters outside `[A-Za-z0-9._-]`
+/// become `_`, at most 249 characters, and never empty, `.` or `..`.
+pub fn sanitize_topic(name: &mut String) {
+    if name
+        .bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'))
+    {
+        *name = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+    }
+    if name.len() > 249 {
+        name.truncate(249);
+    }
+    if name.is_empty() || name == "." || name == ".." {
+        name.insert(0, '_');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(fields: &[(&str, Value)]) -> Record {
+        Record {
+            fields: fields
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn template_fields_defaults_and_braces() {
+        let t = Template::parse("logs.{_SYSTEMD_UNIT:-unknown}.{{x}}").unwrap();
+        let r = rec(&[("_SYSTEMD_UNIT", Value::Str("nginx.service".into()))]);
+        assert_eq!(t.render(&r), "logs.nginx.service.{x}");
+        assert_eq!(t.render(&Record::default()), "logs.unknown.{x}");
+        let t = Template::parse("{A}-{B}").unwrap();
+        let r = rec(&[
+            (
+                "A",
+                Value::Array(vec![Value::Str("1".into()), Value::Str("2".into())]),
+            ),
+            ("B", Value::UInt(7)),
+        ]);
+        assert_eq!(t.render(&r), "1-7");
+        assert!(!t.is_static());
+        assert!(Template::parse("plain").unwrap().is_static());
+    }
+
+    #[test]
+    fn template_errors() {
+        assert!(Template::parse("logs.{unit").is_err());
+        assert!(Template::parse("logs.}").is_err());
+        assert!(Template::parse("logs.{}").is_err());
+        assert!(Template::parse("{a{b}}").is_err());
+    }
+
+    #[test]
+    fn topic_sanitising() {
+        let mut t = "logs.user@1000.service/x".to_string();
+        sanitize_topic(&mut t);
+        assert_eq!(t, "logs.user_1000.service_x");
+        let mut t = String::new();
+        sanitize_topic(&mut t);
+        assert_eq!(t, "_");
+        let mut t = "..".to_string();
+        sanitize_topic(&mut t);
+        assert_eq!(t, "_..");
+    }
+
+    #[test]
+    fn cut_largest_is_utf8_safe() {
+        let mut r = rec(&[
+            ("MESSAGE", Value::Str("é".repeat(100))),
+            ("SMALL", Value::Str("x".into())),
+        ]);
+        assert!(r.cut_largest(51));
+        let Some(Value::Str(s)) = r.get("MESSAGE") else {
+            panic!()
+        };
+        assert!(s.len() <= 149 && s.len() >= 147, "{}", s.len());
+        assert!(s.chars().all(|c| c == 'é'));
+        let mut r = rec(&[("B", Value::Bin(vec![0xff; 10]))]);
+        assert!(r.cut_largest(4));
+        assert_eq!(r.get("B"), Some(&Value::Bin(vec![0xff; 6])));
+        let mut r = rec(&[("N", Value::UInt(1))]);
+        assert!(!r.cut_largest(4));
+    }
+
+    #[test]
+    fn from_bytes_keeps_invalid_utf8() {
+        assert_eq!(Value::from_bytes(b"ok".to_vec()), Value::Str("ok".into()));
+        assert_eq!(
+            Value::from_bytes(vec![0, 0xff, 10]),
+            Value::Bin(vec![0, 0xff, 10])
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Sinks: where entries go. A sink takes an entry with an opaque id and later reports, on the
+//! ack channel, exactly one outcome for that id. It never decides what is "done" and never
+//! drops anything on its own: it classifies failures, and the pipeline applies the policy.
+
+pub mod kafka;
+pub mod stdout;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::SinkConfig;
+use crate::record::Record;
+
+/// The outcome of one send, keyed by the id the pipeline gave it.
+#[derive(Debug)]
+pub struct Ack {
+    /// The id passed to [`Sink::send`].
+    pub id: u64,
+    /// Delivered, or why not.
+    pub result: Result<(), DeliveryError>,
+}
+
+/// Why an entry was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// Transient (broker down, timeout, leader change, unknown topic): send it again.
+    Retriable(String),
+    /// Larger than the sink accepts: never deliverable as is.
+    TooLarge(String),
+    /// Rejected as invalid (possibly because of another entry in the same batch).
+    Invalid(String),
+    /// The broker rejected the timestamp: send with the produce time instead.
+    BadTimestamp(String),
+    /// The sink client is unusable (idempotent producer fatal error): recreate it.
+    Fatal(String),
+}
+
+/// [`Sink::send`] could not enqueue.
+#[derive(Debug)]
+pub enum SendError {
+    /// The client's queue is full: try again shortly (backpressure, not an error).
+    Full,
+    /// It failed; handle like an ack with this error.
+    Failed(DeliveryError),
+}
+
+/// One entry to send.
+pub struct Outgoing<'a> {
+    /// Reported back in the [`Ack`].
+    pub id: u64,
+    /// Source name (Kafka header `perapera-source`).
+    pub source: &'a str,
+    /// Source position (Kafka header `perapera-position`).
+    pub position: &'a str,
+    /// The entry.
+    pub record: &'a Record,
+    /// Send to the dead-letter topic instead of the topic template.
+    pub dead_letter: Option<&'a str>,
+    /// Use the current time as the Kafka timestamp (the broker rejected the entry's).
+    pub timestamp_now: bool,
+}
+
+/// The configured sink.
+pub enum Sink {
+    /// JSON lines on stdout.
+    Stdout(stdout::StdoutSink),
+    /// Kafka.
+    Kafka(kafka::KafkaSink),
+}
+
+impl Sink {
+    /// Builds the sink; outcomes go to `acks`.
+    pub fn new(config: &SinkConfig, acks: mpsc::UnboundedSender<Ack>) -> Result<Sink, String> {
+        Ok(match config {
+            SinkConfig::Stdout => Sink::Stdout(stdout::StdoutSink::new(acks)),
+            SinkConfig::Kafka(k) => Sink::Kafka(kafka::KafkaSink::new(k.clone(), acks)?),
+        })
+    }
+
+    /// Enqueues one entry.
+    pub fn send(&mut self, out: Outgoing<'_>) -> Result<(), SendError> {
+        match self {
+            Sink::Stdout(s) => s.send(out),
+            Sink::Kafka(s) => s.send(out),
+        }
+    }
+
+    /// Called after a burst of sends (stdout writes and acknowledges here).
+    pub fn flush_burst(&mut self) {
+        if let Sink::Stdout(s) = self {
+            s.flush_burst()
+        }
+    }
+
+    /// Largest encoded entry this sink accepts, if it has a limit.
+    pub fn payload_limit(&self) -> Option<usize> {
+        match self {
+            Sink::Stdout(_) => None,
+            Sink::Kafka(s) => Some(s.payload_limit()),
+        }
+    }
+
+    /// Replaces an unusable client. Every entry not yet acknowledged must be sent again.
+    pub fn recreate(&mut self) -> Result<(), String> {
+        match self {
+            Sink::Stdout(_) => Err("standard output is closed".into()),
+            Sink::Kafka(s) => s.recreate(),
+        }
+    }
+
+    /// Waits up to `timeout` for queued entries to be delivered, then releases the client.
+    pub fn close(self, timeout: Duration) {
+        match self {
+            Sink::Stdout(mut s) => s.flush_burst(),
+            Sink::Kafka(s) => s.close(timeout),
+        }
+    }
+
+    /// Name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sink::Stdout(_) => "stdout",
+            Sink::Kafka(_) => "kafka",
+        }
+    }
+}

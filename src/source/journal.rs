@@ -1,0 +1,363 @@
+//! The systemd journal source.
+//!
+//! sd-journal is a blocking API whose handle must stay on the thread that opened it for its
+//! whole life (sd_journal_open(3); the `systemd` crate's `Journal` is `!Send`), so this source
+//! owns one OS thread: it opens the journal there, reads batches of owned [`Record`]s and hands
+//! them over a bounded channel. When the pipeline's in-flight window is full it stops taking
+//! batches, the channel fills, and this thread blocks: that is the backpressure, and the
+//! journal itself stays the buffer.
+//!
+//! Fields are read with `enumerate_data` after `set_data_threshold(0)`: the crate's
+//! `next_entry()` is lossy (it mangles binary values and collapses repeated fields).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use systemd::journal::{self, Journal};
+use tokio::sync::mpsc;
+
+use super::{Batch, SourceError};
+use crate::config::{JournalConfig, JournalMatch, StartAt};
+use crate::ops::metrics::Stats;
+use crate::record::{Record, Value};
+
+/// How the reader positions itself at start.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Resume after this cursor (the last acknowledged entry).
+    After(String),
+    /// No checkpoint: the configured `start_at`.
+    Fresh(StartAt),
+}
+
+/// Settings for one journal reader thread.
+pub struct JournalReader {
+    /// Index of the source in the config (tags batches).
+    pub index: usize,
+    /// Source name (for logs).
+    pub name: String,
+    /// The source's config.
+    pub config: JournalConfig,
+    /// Where to begin.
+    pub start: Start,
+    /// Most entries in one batch.
+    pub batch_entries: usize,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+const BATCH_BYTES: usize = 1 << 20;
+const WAIT: Duration = Duration::from_millis(200);
+/// Call `sd_journal_process` this often while catching up, so that rotated-away (deleted)
+/// files are released instead of staying pinned on disk (journalctl does the same).
+const PROCESS_EVERY: u32 = 1024;
+
+impl JournalReader {
+    /// Opens the journal on a new thread and starts reading; returns once the journal is open
+    /// and positioned (or failed to be).
+    pub fn spawn(
+        self,
+        tx: mpsc::Sender<Batch>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>, SourceError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let name = self.name.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("journal:{}", self.name))
+            .spawn(move || {
+                let mut journal = match self.open() {
+                    Ok(j) => {
+                        let _ = ready_tx.send(Ok(()));
+                        j
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                self.read_loop(&mut journal, &tx, &stop);
+            })
+            .map_err(|e| SourceError::Open {
+                source_name: name.clone(),
+                reason: format!("cannot start reader thread: {e}"),
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => Err(SourceError::Open {
+                source_name: name,
+                reason: "reader thread ended during start-up".into(),
+            }),
+        }
+    }
+
+    fn open_err(&self, reason: String) -> SourceError {
+        SourceError::Open {
+            source_name: self.name.clone(),
+            reason,
+        }
+    }
+
+    fn open(&self) -> Result<Journal, SourceError> {
+        let mut j = if let Some(dir) = &self.config.directory {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(self.open_err(format!(
+                        "directory {} is not a directory; point `directory` at a journal \
+                         directory such as /var/log/journal",
+                        dir.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(self.open_err(format!(
+                        "directory {}: {e}; check `directory` (mount the host's \
+                         /var/log/journal there when running in a container)",
+                        dir.display()
+                    )))
+                }
+            }
+            let path = dir.to_string_lossy().into_owned();
+            journal::OpenDirectoryOptions::default()
+                .open_directory(path.as_str())
+                .map_err(|e| self.open_err(format!("cannot open {}: {e}", dir.display())))?
+        } else if let Some(ns) = &self.config.namespace {
+            journal::OpenOptions::default()
+                .local_only(true)
+                .open_namespace(ns.as_str())
+                .map_err(|e| self.open_err(format!("cannot open namespace {ns:?}: {e}")))?
+        } else {
+            journal::OpenOptions::default()
+                .local_only(true)
+                .open()
+                .map_err(|e| self.open_err(format!("cannot open the system journal: {e}")))?
+        };
+        j.set_data_threshold(0)
+            .map_err(|e| self.open_err(format!("set_data_threshold: {e}")))?;
+        for m in &self.config.matches {
+            let r = match m {
+                JournalMatch::Field { name, value } => {
+                    j.match_add(name, value.as_bytes().to_vec()).map(|_| ())
+                }
+                JournalMatch::Or => j.match_or().map(|_| ()),
+            };
+            r.map_err(|e| self.open_err(format!("invalid match {m:?}: {e}")))?;
+        }
+        self.position(&mut j)?;
+        Ok(j)
+    }
+
+    /// Positions the journal so that the next `next()` returns the first entry to ship.
+    fn position(&self, j: &mut Journal) -> Result<(), SourceError> {
+        let err = |what: &str, e: systemd::Error| self.open_err(format!("{what}: {e}"));
+        match &self.start {
+            Start::Fresh(StartAt::Head) => j.seek_head().map_err(|e| err("seek_head", e)),
+            Start::Fresh(StartAt::Tail) => {
+                j.seek_tail().map_err(|e| err("seek_tail", e))?;
+                // Stand on the last existing entry; only entries after it are shipped.
+                j.previous().map_err(|e| err("previous", e))?;
+                Ok(())
+            }
+            Start::After(cursor) => {
+                j.seek_cursor(cursor.as_str())
+                    .map_err(|e| SourceError::BadCursor {
+                        source_name: self.name.clone(),
+                        cursor: cursor.clone(),
+                        reason: e.to_string(),
+                    })?;
+                // seek_cursor only stores a location; next() lands on the saved entry if it
+                // still exists (already shipped: skip it) or on the closest later one (a gap:
+                // ship it). Skipping unconditionally would lose an entry.
+                if j.next().map_err(|e| err("next", e))? == 0 {
+                    return Ok(());
+                }
+                if j.test_cursor(cursor.as_str())
+                    .map_err(|e| err("test_cursor", e))?
+                {
+                    return Ok(());
+                }
+                self.report_gap(j, cursor);
+                // Step back so that the read loop's next() returns this entry.
+                j.previous().map_err(|e| err("previous", e))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn report_gap(&self, j: &Journal, saved: &str) {
+        self.stats.gap(&self.name);
+        let current = j.cursor().unwrap_or_default();
+        let lost = match (cursor_seqnum(saved), cursor_seqnum(&current)) {
+            (Some((sid, si)), Some((cid, ci))) if sid == cid && ci > si => Some(ci - si - 1),
+            _ => None,
+        };
+        match lost {
+            Some(n) if self.config.matches.is_empty() => tracing::warn!(
+                source = %self.name, lost_entries = n, saved_cursor = saved, resumed_at = %current,
+                "Journal cursor no longer exists (journal vacuumed or rotated away while \
+                 perapera was not reading); resuming at the oldest entry after it; \
+                 {n} entries were lost"
+            ),
+            _ => tracing::warn!(
+                source = %self.name, saved_cursor = saved, resumed_at = %current,
+                "Journal cursor no longer exists (journal vacuumed or rotated away while \
+                 perapera was not reading); resuming at the oldest entry after it; entries \
+                 between the two may be lost"
+            ),
+        }
+    }
+
+    fn read_loop(&self, j: &mut Journal, tx: &mpsc::Sender<Batch>, stop: &AtomicBool) {
+        let mut batch = Vec::with_capacity(self.batch_entries);
+        let mut batch_bytes = 0usize;
+        let mut since_process = 0u32;
+        let mut failures = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            match j.next() {
+                Ok(0) => {
+                    if !batch.is_empty() {
+                        batch_bytes = 0;
+                        if !self.send(tx, &mut batch) {
+                            return;
+                        }
+                    }
+                    if let Err(e) = j.wait(Some(WAIT)) {
+                        tracing::warn!(source = %self.name, error = %e, "Waiting for journal changes failed; retrying");
+                        std::thread::sleep(WAIT);
+                    }
+                    continue;
+                }
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::error!(source = %self.name, error = %e, failures,
+                            "Reading the next journal entry failed; retrying");
+                    }
+                    std::thread::sleep(WAIT * failures.min(25));
+                    continue;
+                }
+            }
+            match read_entry(j) {
+                Ok(record) => {
+                    batch_bytes += record.byte_size();
+                    batch.push(record);
+                }
+                Err(e) => {
+                    // A corrupt entry (-EBADMSG) or a field we cannot decode: skip the one
+                    // entry, count it, keep reading. Its successor's cursor covers it.
+                    self.stats.failed(&self.name, "unreadable");
+                    tracing::error!(source = %self.name, error = %e,
+                        cursor = %j.cursor().unwrap_or_default(),
+                        "Skipping a journal entry that cannot be read (corrupt journal file?)");
+                }
+            }
+            since_process += 1;
+            if since_process >= PROCESS_EVERY {
+                since_process = 0;
+                let _ = j.process();
+            }
+            if batch.len() >= self.batch_entries || batch_bytes >= BATCH_BYTES {
+                batch_bytes = 0;
+                if !self.send(tx, &mut batch) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the batch to the pipeline, blocking while it is full. False when it is gone.
+    fn send(&self, tx: &mpsc::Sender<Batch>, batch: &mut Vec<Record>) -> bool {
+        let records = std::mem::replace(batch, Vec::with_capacity(self.batch_entries));
+        self.stats.read(&self.name, records.len() as u64);
+        tx.blocking_send(Batch {
+            source: self.index,
+            records,
+        })
+        .is_ok()
+    }
+}
+
+/// Reads the current entry: every field byte-exact, repeated fields as arrays, plus
+/// `__CURSOR`, `__REALTIME_TIMESTAMP` and `__MONOTONIC_TIMESTAMP`.
+fn read_entry(j: &mut Journal) -> Result<Record, systemd::Error> {
+    let cursor = j.cursor()?;
+    let realtime = j.timestamp_usec()?;
+    let (monotonic, _boot) = j.monotonic_timestamp()?;
+    let mut raw: Vec<(String, Vec<u8>)> = Vec::with_capacity(32);
+    j.restart_data();
+    while let Some(field) = j.enumerate_data()? {
+        let data = field.data();
+        let Some(eq) = data.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&data[..eq]).into_owned();
+        raw.push((name, data[eq + 1..].to_vec()));
+    }
+    // Field order from sd-journal is undefined: sort by name (stable, so repeated values keep
+    // their order) and fold repeats into arrays.
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut fields: Vec<(String, Value)> = Vec::with_capacity(raw.len() + 3);
+    let mut source_time = None;
+    for (name, bytes) in raw {
+        if name == "_SOURCE_REALTIME_TIMESTAMP" {
+            source_time = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+        }
+        let value = Value::from_bytes(bytes);
+        match fields.last_mut() {
+            Some((last, Value::Array(items))) if *last == name => items.push(value),
+            Some((last, prev)) if *last == name => {
+                let first = std::mem::replace(prev, Value::Array(Vec::with_capacity(2)));
+                if let Value::Array(items) = prev {
+                    items.push(first);
+                    items.push(value);
+                }
+            }
+            _ => fields.push((name, value)),
+        }
+    }
+    fields.push(("__CURSOR".into(), Value::Str(cursor.clone())));
+    fields.push(("__REALTIME_TIMESTAMP".into(), Value::UInt(realtime)));
+    fields.push(("__MONOTONIC_TIMESTAMP".into(), Value::UInt(monotonic)));
+    Ok(Record {
+        fields,
+        time_ns: source_time.unwrap_or(realtime).saturating_mul(1000),
+        position: cursor,
+    })
+}
+
+/// `(seqnum_id, seqnum)` from a cursor `s=…;i=…;…`.
+fn cursor_seqnum(cursor: &str) -> Option<(&str, u64)> {
+    let mut id = None;
+    let mut num = None;
+    for part in cursor.split(';') {
+        if let Some(s) = part.strip_prefix("s=") {
+            id = Some(s);
+        } else if let Some(i) = part.strip_prefix("i=") {
+            num = u64::from_str_radix(i, 16).ok();
+        }
+    }
+    Some((id?, num?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqnum_from_cursor() {
+        let c = "s=739ad463348b4ceca5a9e69c95a3c93f;i=4ece7;b=6c7c6013a8;m=419d2;t=5c3;x=d1";
+        assert_eq!(
+            cursor_seqnum(c),
+            Some(("739ad463348b4ceca5a9e69c95a3c93f", 0x4ece7))
+        );
+        assert_eq!(cursor_seqnum("b=1;m=2"), None);
+    }
+}
