@@ -128,7 +128,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
     let stop = Arc::new(AtomicBool::new(false));
+    // A batch is taken only when it fits the window, so the window is a strict bound (it is
+    // also the duplicate bound after a crash): batches are at most a quarter of it.
     let batch_entries = (config.pipeline.max_in_flight / 4).clamp(1, 512);
+    let batch_bytes = (config.pipeline.max_in_flight_bytes / 4).clamp(1, 1 << 20);
     let mut readers = Vec::new();
     for (index, source) in config.sources.iter().enumerate() {
         let SourceKind::Journal(jc) = &source.kind;
@@ -143,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             config: jc.clone(),
             start,
             batch_entries,
+            batch_bytes,
             stats: stats.clone(),
         };
         match reader.spawn(batch_tx.clone(), stop.clone()) {
@@ -198,8 +202,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     loop {
         let room = deadline.is_none()
             && sources_open
-            && p.in_flight < config.pipeline.max_in_flight
-            && p.in_flight_bytes < config.pipeline.max_in_flight_bytes;
+            && p.in_flight + batch_entries <= config.pipeline.max_in_flight
+            && p.in_flight_bytes + batch_bytes <= config.pipeline.max_in_flight_bytes;
         let retry_at = p.retry_at;
         tokio::select! {
             biased;

@@ -44,11 +44,12 @@ pub struct JournalReader {
     pub start: Start,
     /// Most entries in one batch.
     pub batch_entries: usize,
+    /// A batch is handed over once it holds this many bytes.
+    pub batch_bytes: usize,
     /// Counters.
     pub stats: Arc<Stats>,
 }
 
-const BATCH_BYTES: usize = 1 << 20;
 const WAIT: Duration = Duration::from_millis(200);
 /// Call `sd_journal_process` this often while catching up, so that rotated-away (deleted)
 /// files are released instead of staying pinned on disk (journalctl does the same).
@@ -262,7 +263,7 @@ impl JournalReader {
                 since_process = 0;
                 let _ = j.process();
             }
-            if batch.len() >= self.batch_entries || batch_bytes >= BATCH_BYTES {
+            if batch.len() >= self.batch_entries || batch_bytes >= self.batch_bytes {
                 batch_bytes = 0;
                 if !self.send(tx, &mut batch) {
                     return;

@@ -1,0 +1,8 @@
+//! Integration tests: the perapera binary against real journal files (written by
+//! systemd-journal-remote), librdkafka's mock cluster and a tansu broker process.
+
+mod cli;
+mod journal;
+mod kafka_mock;
+mod kafka_tansu;
+mod support;

@@ -1,0 +1,498 @@
+//! Test helpers: real journal files (systemd-journal-remote), the perapera binary as a child
+//! process, an independent Kafka consumer, and a tansu broker process.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// One journal entry for the export format: (field, raw bytes), in order.
+pub type Entry = Vec<(String, Vec<u8>)>;
+
+/// A simple entry: SEQ=n, MESSAGE, a unit, and the given realtime timestamp.
+pub fn entry(seq: u64, realtime_us: u64) -> Entry {
+    vec![
+        (
+            "__REALTIME_TIMESTAMP".into(),
+            realtime_us.to_string().into_bytes(),
+        ),
+        (
+            "__MONOTONIC_TIMESTAMP".into(),
+            (1000 + seq).to_string().into_bytes(),
+        ),
+        (
+            "_BOOT_ID".into(),
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+        ),
+        ("_HOSTNAME".into(), b"testhost".to_vec()),
+        ("_SYSTEMD_UNIT".into(), b"app.service".to_vec()),
+        ("SEQ".into(), seq.to_string().into_bytes()),
+        (
+            "MESSAGE".into(),
+            format!("message number {seq}").into_bytes(),
+        ),
+    ]
+}
+
+/// `n` simple entries numbered from `first`, one millisecond apart.
+pub fn entries(first: u64, n: u64) -> Vec<Entry> {
+    (first..first + n)
+        .map(|i| entry(i, 1_700_000_000_000_000 + i * 1000))
+        .collect()
+}
+
+/// Journal export format (systemd docs/JOURNAL_EXPORT_FORMATS.md): text fields as
+/// `NAME=value\n`, anything else as `NAME\n<u64 LE length><bytes>\n`.
+pub fn export(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        for (name, value) in e {
+            let text = std::str::from_utf8(value)
+                .map(|s| s.chars().all(|c| c == '\t' || (c >= ' ' && c != '\u{7f}')))
+                .unwrap_or(false);
+            out.extend_from_slice(name.as_bytes());
+            if text {
+                out.push(b'=');
+                out.extend_from_slice(value);
+            } else {
+                out.push(b'\n');
+                out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                out.extend_from_slice(value);
+            }
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Appends entries to `dir/test.journal` with systemd-journal-remote (a real journal file).
+pub fn write_journal(dir: &Path, entries: &[Entry]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut child = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", dir.join("test.journal").display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{JOURNAL_REMOTE}: {e} (install systemd-journal-remote)"));
+    let data = export(entries);
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    writer.join().unwrap().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "journal-remote failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Cursors of every entry in the journal directory, in order (via journalctl).
+pub fn journal_cursors(dir: &Path) -> Vec<String> {
+    let out = Command::new("journalctl")
+        .args(["-D"])
+        .arg(dir)
+        .args(["-o", "json", "--output-fields=__CURSOR", "--no-pager"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["__CURSOR"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// The perapera binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_perapera")
+}
+
+/// A perapera child process; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+    pub stdout_lines: Option<std::sync::mpsc::Receiver<String>>,
+}
+
+impl Agent {
+    /// `perapera run -c config`, stdout captured line by line.
+    pub fn start(config: &Path) -> Agent {
+        let mut child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("PERAPERA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let out_pipe = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent {
+            child,
+            stderr,
+            stdout_lines: Some(rx),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit; None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr reader drain.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait_exit(Duration::from_secs(30))
+            .expect("perapera did not exit after SIGTERM");
+        let log = self.stderr();
+        assert!(status.success(), "exit {status:?}\n{log}");
+        log
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `perapera ARGS` to completion.
+pub fn perapera(args: &[&str]) -> std::process::Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+/// Reads the cursor saved for `source` from the state directory.
+pub fn saved_cursor(state: &Path, source: &str) -> Option<String> {
+    let text = std::fs::read_to_string(state.join("checkpoint.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["sources"][source]["cursor"].as_str().map(str::to_string)
+}
+
+/// Writes a config file and returns its path.
+pub fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("perapera.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, Vec<u8>>,
+}
+
+impl Consumed {
+    /// The payload as a msgpack map: field name → value.
+    pub fn fields(&self) -> HashMap<String, rmpv::Value> {
+        let v = rmpv::decode::read_value(&mut self.payload.as_slice()).expect("payload is msgpack");
+        let rmpv::Value::Map(entries) = v else {
+            panic!("payload is not a map: {v:?}")
+        };
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.as_str().expect("keys are str").to_string(), v))
+            .collect()
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.fields()["SEQ"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+/// An independent consumer: reads every partition of `topic` from the beginning.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub messages: Vec<Consumed>,
+}
+
+impl Reader {
+    pub fn new(bootstrap: &str, topic: &str) -> Reader {
+        Reader::topics(bootstrap, &[topic])
+    }
+
+    /// Reads every partition of each topic from the beginning.
+    pub fn topics(bootstrap: &str, topics: &[&str]) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "perapera-test-reader")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("log_level", "3")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            let end = Instant::now() + Duration::from_secs(60);
+            let partitions = loop {
+                match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                    Ok(md) => {
+                        let n = md.topics().first().map_or(0, |t| t.partitions().len());
+                        if n > 0 {
+                            break n;
+                        }
+                    }
+                    Err(e) if Instant::now() > end => panic!("metadata for {topic}: {e}"),
+                    Err(_) => {}
+                }
+                assert!(Instant::now() < end, "topic {topic} never appeared");
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            for p in 0..partitions as i32 {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .unwrap();
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        Reader {
+            consumer,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Polls for up to `timeout` or until `pred(messages)` holds.
+    pub fn read_until(&mut self, timeout: Duration, pred: impl Fn(&[Consumed]) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if pred(&self.messages) {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let mut headers = HashMap::new();
+                    if let Some(h) = m.headers() {
+                        for hd in h.iter() {
+                            headers
+                                .insert(hd.key.to_string(), hd.value.unwrap_or_default().to_vec());
+                        }
+                    }
+                    self.messages.push(Consumed {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => eprintln!("consumer: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Reads until `n` messages or `timeout`.
+    pub fn read_n(&mut self, n: usize, timeout: Duration) -> usize {
+        self.read_until(timeout, |m| m.len() >= n);
+        self.messages.len()
+    }
+
+    /// Keeps reading for `quiet` after the last message to catch stragglers.
+    pub fn drain(&mut self, quiet: Duration) {
+        let mut last = self.messages.len();
+        loop {
+            self.read_until(quiet, |m| m.len() > last);
+            if self.messages.len() == last {
+                return;
+            }
+            last = self.messages.len();
+        }
+    }
+}
+
+/// Counts of SEQ values: (distinct, duplicates).
+pub fn seq_counts(messages: &[Consumed]) -> (HashMap<u64, usize>, usize) {
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for m in messages {
+        *counts.entry(m.seq()).or_default() += 1;
+    }
+    let dups = counts.values().map(|c| c - 1).sum();
+    (counts, dups)
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker process with in-memory storage; killed on drop.
+///
+/// tansu 0.6's sqlite engine was measured to return nothing to a consumer fetching from a
+/// partition holding a few thousand records (0 of 20 000 in 120 s; memory storage: all in
+/// 1.3 s), so tests that do not restart the broker use `memory://`.
+pub struct Tansu {
+    child: Child,
+    pub bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo = PathBuf::from(home).join(".cargo/bin/tansu");
+    if cargo.exists() {
+        return cargo;
+    }
+    PathBuf::from("tansu")
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(tansu_bin())
+            .current_dir(dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({}): {e}; `make test` installs it with \
+                     cargo install tansu --locked --version 0.6.0 --features dynostore,libsql",
+                    tansu_bin().display()
+                )
+            });
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Tansu {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.bootstrap),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu topic create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self._dir.path().join("tansu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- tansu.log (last 40 lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
