@@ -866,6 +866,20 @@ key = "{_HOSTNAME}"
     }
 
     #[test]
+    fn packaged_config_is_valid_and_documents_every_key() {
+        let text = include_str!("../packaging/perapera.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.pipeline.max_in_flight, 10_000);
+        for key in [
+            "directory", "checkpoint_interval", "max_in_flight", "max_in_flight_bytes",
+            "shutdown_timeout", "name", "namespace", "matches", "start_at", "brokers", "topic",
+            "key", "oversize", "dead_letter_topic",
+        ] {
+            assert!(text.contains(key), "{key} is documented");
+        }
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));

@@ -93,8 +93,10 @@ type Failure = (u8, String);
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PERAPERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

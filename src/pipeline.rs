@@ -401,6 +401,10 @@ impl Pipeline {
         };
         slot.rejections = slot.rejections.saturating_add(1);
         if !too_large && slot.rejections < INVALID_RETRIES {
+            if let Some(suppressed) = self.limit.allow("invalid_retry") {
+                tracing::warn!(source = %source.name, position = %slot.position, %reason, suppressed,
+                    "Sink rejected entries as invalid (whole batches are rejected); retrying them as is before the oversize policy applies");
+            }
             self.schedule_retry(src, seq, BACKOFF_MIN);
             return;
         }

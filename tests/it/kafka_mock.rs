@@ -301,11 +301,12 @@ fn oversize_drop_and_invalid_records_do_not_stall() {
     let s = Setup::new();
     let mock = mock(None);
     poison_journal(&s);
-    // Every produce request is rejected as INVALID_RECORD three times in a row: entries are
-    // retried as is (the broker rejects whole batches), then dropped by policy and counted.
+    // The next 12 produce requests are rejected as INVALID_RECORD: entries are retried as is
+    // (the broker rejects whole batches, innocent entries included), and an entry rejected
+    // three times is dropped by policy and counted; nothing stalls the checkpoint.
     mock.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 3],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 12],
     );
     let path = s.config(&mock.bootstrap_servers(), "", "oversize = \"drop\"\n");
     let agent = Agent::start(&path);
