@@ -871,9 +871,20 @@ key = "{_HOSTNAME}"
         let c = parse(text).unwrap();
         assert_eq!(c.pipeline.max_in_flight, 10_000);
         for key in [
-            "directory", "checkpoint_interval", "max_in_flight", "max_in_flight_bytes",
-            "shutdown_timeout", "name", "namespace", "matches", "start_at", "brokers", "topic",
-            "key", "oversize", "dead_letter_topic",
+            "directory",
+            "checkpoint_interval",
+            "max_in_flight",
+            "max_in_flight_bytes",
+            "shutdown_timeout",
+            "name",
+            "namespace",
+            "matches",
+            "start_at",
+            "brokers",
+            "topic",
+            "key",
+            "oversize",
+            "dead_letter_topic",
         ] {
             assert!(text.contains(key), "{key} is documented");
         }

@@ -107,7 +107,9 @@ struct Pipeline {
     sources: Vec<SourceState>,
     sink: Sink,
     oversize: Oversize,
+    /// Slots after the watermark (unacknowledged, or acknowledged behind one that is not).
     in_flight: usize,
+    /// Bytes of entries not yet acknowledged.
     in_flight_bytes: usize,
     retry: Vec<(usize, u64)>,
     retry_at: Option<Instant>,
@@ -218,7 +220,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 while let Ok(ack) = ack_rx.try_recv() {
                     p.on_ack(ack);
                 }
-                p.advance();
             }
             batch = batch_rx.recv(), if room => match batch {
                 Some(batch) => p.submit(batch),
@@ -243,6 +244,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 break;
             }
         }
+        // Every branch may finish slots (acks, or the oversize policy at send time).
+        p.advance();
         if p.fatal {
             p.fatal = false;
             if let Err(e) = p.recreate_sink() {
@@ -477,7 +480,8 @@ impl Pipeline {
             _ => return,
         };
         if source.window.complete(seq) {
-            self.in_flight -= 1;
+            // The slot still counts against max_in_flight until the watermark passes it: it
+            // would be re-sent after a crash, so the window stays the duplicate bound.
             self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
             if dropped.is_none() {
                 self.stats.acked(src, 1);
@@ -526,7 +530,9 @@ impl Pipeline {
 
     fn advance(&mut self) {
         for source in &mut self.sources {
+            let before = source.window.len();
             if let Some(slot) = source.window.advance() {
+                self.in_flight -= before - source.window.len();
                 source.acked = Some((slot.position, slot.entry_time_us));
                 source.dirty = true;
             }

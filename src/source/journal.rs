@@ -140,6 +140,13 @@ impl JournalReader {
         };
         j.set_data_threshold(0)
             .map_err(|e| self.open_err(format!("set_data_threshold: {e}")))?;
+        let has_files =
+            j.has_persistent_files().unwrap_or(true) || j.has_runtime_files().unwrap_or(true);
+        if !has_files {
+            tracing::warn!(source = %self.name,
+                "No journal files are visible yet; waiting for some. Is systemd-journald \
+                 running, and may this user read the journal (root, or group systemd-journal/adm)?");
+        }
         for m in &self.config.matches {
             let r = match m {
                 JournalMatch::Field { name, value } => {
