@@ -370,8 +370,12 @@ impl Pipeline {
                     tracing::warn!(%reason, suppressed, retry_in = ?self.backoff,
                         "Sink did not acknowledge entries; they stay in flight and will be re-sent");
                 }
+                // A burst of failures (every in-flight entry timing out at once) is one retry
+                // round: the backoff grows per round, not per entry.
                 let delay = self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                if self.retry_at.is_none() {
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
                 self.schedule_retry(src, seq, delay);
             }
             DeliveryError::BadTimestamp(reason) => {

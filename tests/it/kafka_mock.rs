@@ -401,3 +401,61 @@ fn dropped_last_entry_still_moves_the_checkpoint() {
         "{log}"
     );
 }
+
+#[test]
+fn rejected_timestamp_is_resent_with_the_produce_time() {
+    let s = Setup::new();
+    let mock = mock(None);
+    write_journal(&s.journal, &entries(0, 20));
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP; 1],
+    );
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let path = s.config(&mock.bootstrap_servers(), "", "");
+    let agent = Agent::start(&path);
+    s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(30), &agent);
+    let log = agent.stop();
+    assert!(log.contains("rejected an entry's timestamp"), "{log}");
+    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
+    reader.read_n(20, Duration::from_secs(20));
+    reader.drain(Duration::from_millis(300));
+    assert_eq!(seq_counts(&reader.messages).0.len(), 20);
+    let resent: Vec<_> = reader
+        .messages
+        .iter()
+        .filter(|m| m.timestamp.is_some_and(|t| t >= started_ms))
+        .collect();
+    assert!(!resent.is_empty(), "some entries carry the produce time");
+    for m in resent {
+        // The entry's own time is still in the payload.
+        let original = m.fields()["__REALTIME_TIMESTAMP"].as_u64().unwrap();
+        assert_eq!(original, 1_700_000_000_000_000 + m.seq() * 1000);
+    }
+}
+
+#[test]
+fn fatal_idempotence_error_recreates_the_producer() {
+    let s = Setup::new();
+    let mock = mock(None);
+    write_journal(&s.journal, &entries(0, 300));
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 1],
+    );
+    let path = s.config(&mock.bootstrap_servers(), "", "");
+    let agent = Agent::start(&path);
+    s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(60), &agent);
+    let log = agent.stop();
+    assert!(
+        log.contains("Re-sending every unacknowledged entry"),
+        "{log}"
+    );
+    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
+    reader.read_n(300, Duration::from_secs(20));
+    reader.drain(Duration::from_millis(300));
+    assert_eq!(seq_counts(&reader.messages).0.len(), 300, "{log}");
+}
