@@ -108,7 +108,7 @@ fn load(path: Option<&Path>) -> Result<Config, Failure> {
     }
 }
 
-fn state_failure(e: StateError) -> Failure {
+fn state_failure(e: &StateError) -> Failure {
     let code = match e {
         StateError::Corrupt { .. } => EX_DATAERR,
         _ => 1,
@@ -133,7 +133,7 @@ fn run(config: Config) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Err(RunError::State(e)) => Err(state_failure(e)),
+        Err(RunError::State(e)) => Err(state_failure(&e)),
         Err(e @ RunError::Source(SourceError::BadCursor { .. })) => {
             Err((EX_DATAERR, e.to_string()))
         }
@@ -214,7 +214,7 @@ fn check(config: &Config) -> Result<(), Failure> {
                 Some(c) => println!("  resumes after cursor {c}"),
                 None => println!("  no checkpoint yet"),
             },
-            Err(e) => return Err(state_failure_ref(e)),
+            Err(e) => return Err(state_failure(e)),
         }
     }
     match &config.sink {
@@ -239,17 +239,9 @@ fn check(config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
-fn state_failure_ref(e: &StateError) -> Failure {
-    let code = match e {
-        StateError::Corrupt { .. } => EX_DATAERR,
-        _ => 1,
-    };
-    (code, e.to_string())
-}
-
 fn cursor_show(config: &Config, json: bool) -> Result<(), Failure> {
     let path = config.state.directory.join(checkpoint::CHECKPOINT_FILE);
-    let cp = checkpoint::read_checkpoint(&path).map_err(state_failure)?;
+    let cp = checkpoint::read_checkpoint(&path).map_err(|e| state_failure(&e))?;
     if json {
         let text = serde_json::to_string_pretty(&cp).map_err(|e| (1, e.to_string()))?;
         println!("{text}");
@@ -306,9 +298,9 @@ fn format_time(us: u64) -> String {
 }
 
 fn cursor_reset(config: &Config, source: Option<&str>) -> Result<(), Failure> {
-    let state = StateDir::lock(&config.state.directory).map_err(state_failure)?;
+    let state = StateDir::lock(&config.state.directory).map_err(|e| state_failure(&e))?;
     match source {
-        None => match state.move_aside().map_err(state_failure)? {
+        None => match state.move_aside().map_err(|e| state_failure(&e))? {
             Some(aside) => println!(
                 "Reset all sources; the old checkpoint was moved to {}",
                 aside.display()
@@ -321,13 +313,13 @@ fn cursor_reset(config: &Config, source: Option<&str>) -> Result<(), Failure> {
                     EX_DATAERR,
                     format!("{e}\nA corrupt checkpoint can only be reset whole: run `perapera cursor reset` without a source"),
                 ),
-                e => state_failure(e),
+                e => state_failure(&e),
             })?;
             if cp.sources.remove(name).is_none() {
                 println!("Source {name:?} has no checkpoint; nothing to reset.");
                 return Ok(());
             }
-            state.store(&cp).map_err(state_failure)?;
+            state.store(&cp).map_err(|e| state_failure(&e))?;
             println!("Reset source {name:?}; it starts at its start_at position on the next run.");
         }
     }

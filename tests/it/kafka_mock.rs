@@ -69,6 +69,18 @@ fn mock(rtt: Option<Duration>) -> MockCluster<'static, rdkafka::producer::Defaul
     mock
 }
 
+/// Reads `logs` back until `n` messages arrived (or a minute passed) and a little longer, to
+/// catch duplicates; returns the count of each SEQ and the number of duplicates.
+fn read_back(
+    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    n: usize,
+) -> (std::collections::HashMap<u64, usize>, usize) {
+    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
+    reader.read_n(n, Duration::from_secs(60));
+    reader.drain(Duration::from_millis(500));
+    seq_counts(&reader.messages)
+}
+
 /// A tiny deterministic PRNG (the seed is printed so a failure can be replayed).
 struct Lcg(u64);
 impl Lcg {
@@ -142,10 +154,7 @@ fn no_ack_no_advance_then_everything_arrives() {
     );
     mock.broker_up(1).unwrap();
     s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(60), &agent);
-    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
-    reader.read_n(500, Duration::from_secs(30));
-    reader.drain(Duration::from_millis(500));
-    let (counts, _dups) = seq_counts(&reader.messages);
+    let (counts, _dups) = read_back(&mock, 500);
     assert_eq!(counts.len(), 500, "every entry arrived");
     agent.stop();
 }
@@ -196,10 +205,7 @@ fn sigkill_ten_times_loses_nothing() {
     let agent = Agent::start(&path);
     s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(120), &agent);
     agent.stop();
-    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
-    reader.read_n(N as usize, Duration::from_secs(60));
-    reader.drain(Duration::from_secs(1));
-    let (counts, dups) = seq_counts(&reader.messages);
+    let (counts, dups) = read_back(&mock, N as usize);
     let lost: Vec<u64> = (0..N)
         .filter(|i| !counts.contains_key(i))
         .take(10)
@@ -249,10 +255,7 @@ fn sigterm_drains_and_restart_resends_nothing() {
     let agent = Agent::start(&path);
     s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(120), &agent);
     agent.stop();
-    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
-    reader.read_n(N as usize, Duration::from_secs(60));
-    reader.drain(Duration::from_secs(1));
-    let (counts, dups) = seq_counts(&reader.messages);
+    let (counts, dups) = read_back(&mock, N as usize);
     assert_eq!(counts.len(), N as usize);
     assert_eq!(dups, 0, "a clean shutdown re-sends nothing");
 }
@@ -454,8 +457,5 @@ fn fatal_idempotence_error_recreates_the_producer() {
         log.contains("Re-sending every unacknowledged entry"),
         "{log}"
     );
-    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
-    reader.read_n(300, Duration::from_secs(20));
-    reader.drain(Duration::from_millis(300));
-    assert_eq!(seq_counts(&reader.messages).0.len(), 300, "{log}");
+    assert_eq!(read_back(&mock, 300).0.len(), 300, "{log}");
 }
