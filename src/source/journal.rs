@@ -142,7 +142,8 @@ impl JournalReader {
             .map_err(|e| self.open_err(format!("set_data_threshold: {e}")))?;
         let has_files =
             j.has_persistent_files().unwrap_or(true) || j.has_runtime_files().unwrap_or(true);
-        if !has_files {
+        // Only meaningful for the system journal: the flags describe /var/log and /run files.
+        if self.config.directory.is_none() && !has_files {
             tracing::warn!(source = %self.name,
                 "No journal files are visible yet; waiting for some. Is systemd-journald \
                  running, and may this user read the journal (root, or group systemd-journal/adm)?");

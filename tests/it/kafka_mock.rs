@@ -460,3 +460,68 @@ fn fatal_idempotence_error_recreates_the_producer() {
     );
     assert_eq!(read_back(&mock, 300).0.len(), 300, "{log}");
 }
+
+#[test]
+fn out_of_order_acks_never_move_the_checkpoint_past_an_unacked_entry() {
+    const N: u64 = 2000;
+    let s = Setup::new();
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("logs", 6, 1).unwrap();
+    // Partitions led by brokers 10 ms, 150 ms and 400 ms away: acks come back out of order.
+    for p in 0..6 {
+        mock.partition_leader("logs", p, Some(p % 3 + 1)).unwrap();
+    }
+    for (broker, rtt) in [(1, 10), (2, 150), (3, 400)] {
+        mock.broker_round_trip_time(broker, Duration::from_millis(rtt))
+            .unwrap();
+    }
+    write_journal(&s.journal, &entries(0, N));
+    let cursors = journal_cursors(&s.journal);
+    let path = s.config(
+        &mock.bootstrap_servers(),
+        "[pipeline]\nmax_in_flight = 300\n",
+        "",
+    );
+    let agent = Agent::start(&path);
+    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
+    let mut samples = Vec::new();
+    let end = Instant::now() + Duration::from_secs(240);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        // Freeze perapera, so that the checkpoint read now is what it would resume from.
+        agent.signal(libc::SIGSTOP);
+        let idx =
+            saved_cursor(&s.state, "journal").and_then(|c| cursors.iter().position(|x| *x == c));
+        if let Some(idx) = idx {
+            // Everything up to the checkpoint was acknowledged, so it is in Kafka (the mock
+            // serves slow partitions slowly: allow a generous time to read them).
+            let all_there = reader.read_until(Duration::from_secs(90), |m| {
+                let (counts, _) = seq_counts(m);
+                (0..=idx as u64).all(|i| counts.contains_key(&i))
+            });
+            let (counts, _) = seq_counts(&reader.messages);
+            let missing: Vec<u64> = (0..=idx as u64)
+                .filter(|i| !counts.contains_key(i))
+                .collect();
+            assert!(
+                all_there,
+                "checkpoint at entry {idx} but {} earlier entries are not in Kafka (e.g. {:?})",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+            samples.push(idx);
+        }
+        agent.signal(libc::SIGCONT);
+        if idx == Some(N as usize - 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "run did not finish: {samples:?}\n{}",
+            agent.stderr()
+        );
+    }
+    agent.stop();
+    eprintln!("checkpoint samples (entry index): {samples:?}");
+    assert!(samples.len() >= 3, "sampled mid-run: {samples:?}");
+}
