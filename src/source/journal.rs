@@ -201,10 +201,7 @@ impl JournalReader {
     fn report_gap(&self, j: &Journal, saved: &str) {
         self.stats.gap(&self.name);
         let current = j.cursor().unwrap_or_default();
-        let lost = match (cursor_seqnum(saved), cursor_seqnum(&current)) {
-            (Some((sid, si)), Some((cid, ci))) if sid == cid && ci > si => Some(ci - si - 1),
-            _ => None,
-        };
+        let lost = entries_lost(saved, &current);
         match lost {
             Some(n) if self.config.matches.is_empty() => tracing::warn!(
                 source = %self.name, lost_entries = n, saved_cursor = saved, resumed_at = %current,
@@ -342,6 +339,15 @@ fn read_entry(j: &mut Journal) -> Result<Record, systemd::Error> {
     })
 }
 
+/// Entries between a vanished saved cursor and the entry we resumed at, when both carry the
+/// same sequence-number id (otherwise the journal cannot tell).
+fn entries_lost(saved: &str, resumed: &str) -> Option<u64> {
+    match (cursor_seqnum(saved), cursor_seqnum(resumed)) {
+        (Some((sid, si)), Some((rid, ri))) if sid == rid && ri > si => Some(ri - si - 1),
+        _ => None,
+    }
+}
+
 /// `(seqnum_id, seqnum)` from a cursor `s=…;i=…;…`.
 fn cursor_seqnum(cursor: &str) -> Option<(&str, u64)> {
     let mut id = None;
@@ -368,5 +374,18 @@ mod tests {
             Some(("739ad463348b4ceca5a9e69c95a3c93f", 0x4ece7))
         );
         assert_eq!(cursor_seqnum("b=1;m=2"), None);
+    }
+
+    #[test]
+    fn lost_entries_from_seqnums() {
+        assert_eq!(entries_lost("s=ab;i=a;b=1", "s=ab;i=14;b=1"), Some(9));
+        assert_eq!(entries_lost("s=ab;i=a", "s=ab;i=b"), Some(0));
+        assert_eq!(
+            entries_lost("s=ab;i=a", "s=cd;i=14"),
+            None,
+            "another seqnum id"
+        );
+        assert_eq!(entries_lost("s=ab;i=a", "s=ab;i=a"), None);
+        assert_eq!(entries_lost("garbage", "s=ab;i=1"), None);
     }
 }
