@@ -196,6 +196,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     };
 
     let interval = config.state.checkpoint_interval;
+    // Part of shutdown_timeout is kept for the final checkpoint write, the producer's flush and
+    // its drop, so that the process is gone within shutdown_timeout.
+    let close_reserve = (config.pipeline.shutdown_timeout / 5).min(Duration::from_secs(1));
     let mut next_checkpoint = Instant::now() + interval;
     let mut deadline: Option<Instant> = None;
     let mut sources_open = true;
@@ -238,7 +241,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 p.write_checkpoint();
                 next_checkpoint = Instant::now() + interval.max(Duration::from_millis(10));
             }
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            () = sleep_until(deadline.map_or_else(Instant::now, |d| d.checked_sub(close_reserve).unwrap_or(d))), if deadline.is_some() => {
                 tracing::warn!(unacknowledged = p.in_flight,
                     "Shutdown timeout reached; unacknowledged entries will be re-sent on restart");
                 break;
@@ -267,12 +270,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     }
     p.advance();
     p.write_checkpoint();
-    let remaining = deadline.map_or(Duration::ZERO, |d| {
+    let flush_time = deadline.map_or(Duration::ZERO, |d| {
         d.saturating_duration_since(Instant::now())
+            .saturating_sub(close_reserve / 2)
     });
     let unacked = p.in_flight;
     let Pipeline { sink, state, .. } = p;
-    sink.close(remaining.max(Duration::from_millis(100)));
+    sink.close(flush_time);
     drop(state);
     drop(batch_rx);
     for line in stats.summary() {

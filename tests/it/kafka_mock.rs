@@ -525,3 +525,39 @@ fn out_of_order_acks_never_move_the_checkpoint_past_an_unacked_entry() {
     eprintln!("checkpoint samples (entry index): {samples:?}");
     assert!(samples.len() >= 3, "sampled mid-run: {samples:?}");
 }
+
+#[test]
+fn sigterm_with_the_broker_down_exits_within_shutdown_timeout() {
+    let s = Setup::new();
+    let mock = mock(None);
+    write_journal(&s.journal, &entries(0, 1000));
+    mock.broker_down(1).unwrap();
+    let path = s.config(
+        &mock.bootstrap_servers(),
+        "[pipeline]\nshutdown_timeout = \"3s\"\n",
+        "",
+    );
+    let mut agent = Agent::start(&path);
+    assert!(agent.wait_log("perapera is running", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_secs(1));
+    agent.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    let status = agent.wait_exit(Duration::from_secs(10)).expect("exits");
+    let took = t0.elapsed();
+    assert!(status.success(), "{status:?}\n{}", agent.stderr());
+    assert!(
+        took < Duration::from_secs(3),
+        "exited after {took:?}, shutdown_timeout is 3s"
+    );
+    assert_eq!(
+        saved_cursor(&s.state, "journal"),
+        None,
+        "nothing was acknowledged"
+    );
+    assert!(agent.stderr().contains("will be re-sent on the next start"));
+    mock.broker_up(1).unwrap();
+    let agent = Agent::start(&path);
+    s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(60), &agent);
+    agent.stop();
+    assert_eq!(read_back(&mock, 1000).0.len(), 1000);
+}
