@@ -7,9 +7,14 @@
 //! the purge reports of a producer we replaced) is ignored, while a success of any attempt
 //! counts: the entry is in Kafka.
 //!
-//! The window (`max_in_flight` entries, `max_in_flight_bytes`) counts slots from the oldest
-//! unacknowledged entry onwards. While it is full the pipeline takes no batches, the sources'
-//! bounded channels fill and they stop reading: a sink outage of any length costs no memory.
+//! The window (`max_in_flight` entries) counts every entry that a restart would send again:
+//! from the position in the checkpoint file on disk onwards, acknowledged or not. An entry
+//! gives its place back only once a checkpoint covering it is written, and the checkpoint is
+//! written as soon as half the window waits on it (or every `checkpoint_interval`), so the
+//! window is the duplicate bound after SIGKILL whatever the interval. `max_in_flight_bytes`
+//! bounds the memory of entries not yet acknowledged. While either is full the pipeline takes
+//! no batches, the sources' bounded channels fill and they stop reading: a sink outage of any
+//! length costs no memory.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,8 +112,13 @@ struct Pipeline {
     sources: Vec<SourceState>,
     sink: Sink,
     oversize: Oversize,
-    /// Slots after the watermark (unacknowledged, or acknowledged behind one that is not).
+    /// Entries a restart would re-send: slots after the watermark (unacknowledged, or
+    /// acknowledged behind one that is not) plus `unpersisted`.
     in_flight: usize,
+    /// Entries the watermark passed that no written checkpoint covers yet.
+    unpersisted: usize,
+    /// Write the checkpoint once this many entries wait for it.
+    persist_at: usize,
     /// Bytes of entries not yet acknowledged.
     in_flight_bytes: usize,
     retry: Vec<(usize, u64)>,
@@ -184,6 +194,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         sink,
         oversize,
         in_flight: 0,
+        unpersisted: 0,
+        persist_at: (config.pipeline.max_in_flight / 2).max(1),
         in_flight_bytes: 0,
         retry: Vec::new(),
         retry_at: None,
@@ -242,7 +254,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 next_checkpoint = Instant::now() + interval.max(Duration::from_millis(10));
             }
             () = sleep_until(deadline.map_or_else(Instant::now, |d| d.checked_sub(close_reserve).unwrap_or(d))), if deadline.is_some() => {
-                tracing::warn!(unacknowledged = p.in_flight,
+                tracing::warn!(unacknowledged = p.in_flight - p.unpersisted,
                     "Shutdown timeout reached; unacknowledged entries will be re-sent on restart");
                 break;
             }
@@ -256,11 +268,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 break;
             }
         }
-        if interval.is_zero() {
+        if interval.is_zero() || p.unpersisted >= p.persist_at {
             p.write_checkpoint();
         }
-        if deadline.is_some() && p.in_flight == 0 {
-            break;
+        if deadline.is_some() && p.in_flight == p.unpersisted {
+            break; // every slot is done; the final checkpoint is written below
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -274,7 +286,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         d.saturating_duration_since(Instant::now())
             .saturating_sub(close_reserve / 2)
     });
-    let unacked = p.in_flight;
+    let unacked = p.in_flight - p.unpersisted;
     let Pipeline { sink, state, .. } = p;
     sink.close(flush_time);
     drop(state);
@@ -488,8 +500,8 @@ impl Pipeline {
             _ => return,
         };
         if source.window.complete(seq) {
-            // The slot still counts against max_in_flight until the watermark passes it: it
-            // would be re-sent after a crash, so the window stays the duplicate bound.
+            // The slot keeps its window place until a written checkpoint covers it: until then
+            // a restart would send it again, and the window is the duplicate bound.
             self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
             if dropped.is_none() {
                 self.stats.acked(src, 1);
@@ -540,7 +552,7 @@ impl Pipeline {
         for source in &mut self.sources {
             let before = source.window.len();
             if let Some(slot) = source.window.advance() {
-                self.in_flight -= before - source.window.len();
+                self.unpersisted += before - source.window.len();
                 source.acked = Some((slot.position, slot.entry_time_us));
                 source.dirty = true;
             }
@@ -568,12 +580,16 @@ impl Pipeline {
         }
         self.checkpoint.version = Checkpoint::VERSION;
         match self.state.store(&self.checkpoint) {
-            Ok(()) => self.sources.iter_mut().for_each(|s| s.dirty = false),
+            Ok(()) => {
+                self.sources.iter_mut().for_each(|s| s.dirty = false);
+                self.in_flight -= self.unpersisted;
+                self.unpersisted = 0;
+            }
             Err(e) => {
                 if let Some(suppressed) = self.limit.allow("checkpoint") {
                     tracing::error!(error = %e, suppressed,
                         "Cannot write the checkpoint; the previous one stays valid and writing is \
-                         retried (a restart now would re-send more entries, none are lost)");
+                         retried. Reading pauses once the in-flight window is full; nothing is lost");
                 }
             }
         }
