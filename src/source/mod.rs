@@ -2,6 +2,7 @@
 //! position, and hands owned batches to the pipeline over a bounded channel; it never decides
 //! what is "done" (the pipeline's watermark does).
 
+pub mod format;
 pub mod journal;
 
 use crate::record::Record;
