@@ -4,6 +4,7 @@
 
 pub mod format;
 pub mod journal;
+pub mod lines;
 
 use crate::record::Record;
 
