@@ -10,6 +10,7 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 packages=(build-essential pkg-config libsystemd-dev zlib1g-dev libssl-dev python3)
+[ $want_test -eq 1 ] && packages+=(python3-pip)
 [ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote)
 
 missing=()
@@ -36,6 +37,12 @@ if [ $want_test -eq 1 ]; then
     if ! "$tansu" --version 2>/dev/null | grep -q "0.6.0"; then
         echo "deps: installing tansu 0.6.0 (about 10 minutes on 2 cores, once)" >&2
         cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
+    fi
+    # An independent Kafka client for the end-to-end tests.
+    if ! python3 -c "import confluent_kafka, msgpack" 2>/dev/null; then
+        echo "deps: installing confluent-kafka and msgpack from PyPI" >&2
+        python3 -m pip install --quiet confluent-kafka msgpack 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages confluent-kafka msgpack
     fi
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
