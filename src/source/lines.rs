@@ -84,18 +84,7 @@ impl LineReader {
                     all => all,
                 };
                 let bytes = text.to_vec();
-                self.start += nl + 1;
-                self.buf_offset += nl as u64 + 1;
-                let part = (self.parts > 0).then_some(Part {
-                    index: self.parts,
-                    last: true,
-                });
-                self.parts = 0;
-                Some(Line {
-                    bytes,
-                    end_offset: self.buf_offset,
-                    part,
-                })
+                Some(self.end_line(bytes, nl + 1))
             }
             _ if data.len() > self.max_line => {
                 // No newline within max_line bytes: cut a part, keep reading the line.
@@ -123,19 +112,25 @@ impl LineReader {
             return None;
         }
         let bytes = self.buf[self.start..].to_vec();
-        self.buf.clear();
-        self.start = 0;
-        self.buf_offset += bytes.len() as u64;
+        let consumed = bytes.len();
+        Some(self.end_line(bytes, consumed))
+    }
+
+    /// The line that ends here, after consuming `consumed` bytes (text and terminator); the
+    /// last part if the line was split.
+    fn end_line(&mut self, bytes: Vec<u8>, consumed: usize) -> Line {
+        self.start += consumed;
+        self.buf_offset += consumed as u64;
         let part = (self.parts > 0).then_some(Part {
             index: self.parts,
             last: true,
         });
         self.parts = 0;
-        Some(Line {
+        Line {
             bytes,
             end_offset: self.buf_offset,
             part,
-        })
+        }
     }
 }
 
