@@ -254,7 +254,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 next_checkpoint = Instant::now() + interval.max(Duration::from_millis(10));
             }
             () = sleep_until(deadline.map_or_else(Instant::now, |d| d.checked_sub(close_reserve).unwrap_or(d))), if deadline.is_some() => {
-                tracing::warn!(unacknowledged = p.in_flight - p.unpersisted,
+                tracing::warn!(unacknowledged = p.unacked(),
                     "Shutdown timeout reached; unacknowledged entries will be re-sent on restart");
                 break;
             }
@@ -271,7 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         if interval.is_zero() || p.unpersisted >= p.persist_at {
             p.write_checkpoint();
         }
-        if deadline.is_some() && p.in_flight == p.unpersisted {
+        if deadline.is_some() && p.unacked() == 0 {
             break; // every slot is done; the final checkpoint is written below
         }
     }
@@ -286,7 +286,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         d.saturating_duration_since(Instant::now())
             .saturating_sub(close_reserve / 2)
     });
-    let unacked = p.in_flight - p.unpersisted;
+    let unacked = p.unacked();
     let Pipeline { sink, state, .. } = p;
     sink.close(flush_time);
     drop(state);
@@ -304,6 +304,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
 }
 
 impl Pipeline {
+    /// Entries not yet acknowledged (or finally handled): the slots behind the watermark.
+    fn unacked(&self) -> usize {
+        self.in_flight - self.unpersisted
+    }
+
     fn submit(&mut self, batch: Batch) {
         for mut record in batch.records {
             let bytes = record.byte_size();

@@ -140,10 +140,11 @@ impl JournalReader {
         };
         j.set_data_threshold(0)
             .map_err(|e| self.open_err(format!("set_data_threshold: {e}")))?;
-        let has_files =
-            j.has_persistent_files().unwrap_or(true) || j.has_runtime_files().unwrap_or(true);
         // Only meaningful for the system journal: the flags describe /var/log and /run files.
-        if self.config.directory.is_none() && !has_files {
+        let system = self.config.directory.is_none();
+        if system
+            && !(j.has_persistent_files().unwrap_or(true) || j.has_runtime_files().unwrap_or(true))
+        {
             tracing::warn!(source = %self.name,
                 "No journal files are visible yet; waiting for some. Is systemd-journald \
                  running, and may this user read the journal (root, or group systemd-journal/adm)?");
