@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::source::identity::FileId;
+
 /// Tracks in-flight entries in read order; `advance` pops the acknowledged prefix.
 #[derive(Debug)]
 pub struct Watermark<T> {
@@ -70,11 +72,21 @@ impl<T> Watermark<T> {
     /// Pops the completed prefix and returns its last item: the new watermark.
     pub fn advance(&mut self) -> Option<T> {
         let mut last = None;
-        while self.slots.front().is_some_and(|(_, done)| *done) {
-            last = self.slots.pop_front().map(|(item, _)| item);
-            self.head += 1;
-        }
+        self.advance_each(|item| last = Some(item));
         last
+    }
+
+    /// Pops the completed prefix, handing each item to `f` in order; returns how many.
+    pub fn advance_each(&mut self, mut f: impl FnMut(T)) -> usize {
+        let mut n = 0;
+        while self.slots.front().is_some_and(|(_, done)| *done) {
+            if let Some((item, _)) = self.slots.pop_front() {
+                f(item);
+            }
+            self.head += 1;
+            n += 1;
+        }
+        n
     }
 
     /// Entries tracked (pending, or done but behind a pending one).
@@ -120,6 +132,46 @@ pub enum SourceCheckpoint {
         /// When the entry was acknowledged, milliseconds since the epoch.
         acked_at_ms: u64,
     },
+    /// A files source: one entry per file identity.
+    Files {
+        /// The files, in no particular order.
+        files: Vec<FileCheckpoint>,
+    },
+}
+
+/// The acknowledged offset of one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheckpoint {
+    /// The path the file had when last read (informational; the identity decides).
+    pub path: String,
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// FNV-1a 64 of the first `fingerprint_len` bytes.
+    pub fingerprint: u64,
+    /// Bytes covered by the fingerprint.
+    pub fingerprint_len: u32,
+    /// Offset after the last acknowledged line: where reading resumes.
+    pub offset: u64,
+    /// When a line of it was last acknowledged (ms since the epoch; 0: never).
+    pub acked_at_ms: u64,
+    /// When the file was last seen by a scan (ms since the epoch); forgotten after
+    /// `forget_after` unseen.
+    pub seen_at_ms: u64,
+}
+
+impl FileCheckpoint {
+    /// The file's identity.
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
+            fingerprint: self.fingerprint,
+            fingerprint_len: self.fingerprint_len,
+        }
+    }
 }
 
 impl Checkpoint {
@@ -130,7 +182,15 @@ impl Checkpoint {
     pub fn journal_cursor(&self, source: &str) -> Option<&str> {
         match self.sources.get(source) {
             Some(SourceCheckpoint::Journal { cursor, .. }) => Some(cursor),
-            None => None,
+            _ => None,
+        }
+    }
+
+    /// The file offsets saved for `source`; `None` if it has no checkpoint yet.
+    pub fn files(&self, source: &str) -> Option<&[FileCheckpoint]> {
+        match self.sources.get(source) {
+            Some(SourceCheckpoint::Files { files }) => Some(files),
+            _ => None,
         }
     }
 }

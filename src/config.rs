@@ -64,6 +64,76 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// The systemd journal.
     Journal(JournalConfig),
+    /// Log files (including Kubernetes pod logs).
+    Files(FilesConfig),
+}
+
+/// How the lines of a file are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// Each line is the message.
+    Raw,
+    /// containerd / CRI-O: `<RFC3339Nano> <stream> <P|F> <text>`, partial lines joined.
+    Cri,
+    /// Docker json-file: `{"log","stream","time"}`, partial lines joined.
+    Docker,
+}
+
+/// Where a file seen for the first time starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStart {
+    /// Read the whole file.
+    Beginning,
+    /// Only lines written after the file was first seen (only for files present when the
+    /// source first starts without any checkpoint; files created later are read whole).
+    End,
+}
+
+/// `type = "files"`.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// Glob patterns of files to read (absolute paths; `*`, `?`, `[...]`, `**`).
+    pub include: Vec<String>,
+    /// Glob patterns of files not to read, matched against the same paths.
+    pub exclude: Vec<String>,
+    /// Line format.
+    pub format: LineFormat,
+    /// Where files first seen start.
+    pub start_at: FileStart,
+    /// Lines longer than this are split into marked parts.
+    pub max_line_bytes: usize,
+    /// How often the globs are re-evaluated (inotify wakes the scan sooner).
+    pub rescan_interval: Duration,
+    /// How long a line without its final `\n` is held back before it is shipped as is.
+    pub partial_line_timeout: Duration,
+    /// How long a file that was rotated away or deleted is still watched for late writes
+    /// after it reached its end.
+    pub rotate_wait: Duration,
+    /// At most this many files are open at once.
+    pub max_open_files: usize,
+    /// Checkpoints of files not seen for this long are forgotten.
+    pub forget_after: Duration,
+    /// Fields added to every record.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            format: LineFormat::Raw,
+            start_at: FileStart::Beginning,
+            max_line_bytes: 256 << 10,
+            rescan_interval: Duration::from_secs(5),
+            partial_line_timeout: Duration::from_secs(1),
+            rotate_wait: Duration::from_secs(5),
+            max_open_files: 1024,
+            forget_after: Duration::from_secs(3600),
+            fields: BTreeMap::new(),
+        }
+    }
 }
 
 /// Where a journal source starts when it has no checkpoint.
@@ -200,6 +270,17 @@ struct RawPipeline {
 #[serde(rename_all = "snake_case")]
 enum SourceType {
     Journal,
+    Files,
+}
+
+/// `start_at`: `head`/`tail` for the journal, `beginning`/`end` for files.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+enum RawStartAt {
+    Head,
+    Tail,
+    Beginning,
+    End,
 }
 
 #[derive(Deserialize)]
@@ -211,8 +292,18 @@ struct RawSource {
     directory: Option<PathBuf>,
     namespace: Option<String>,
     #[serde(default)]
-    matches: Vec<RawMatch>,
-    start_at: Option<StartAt>,
+    matches: Option<Vec<RawMatch>>,
+    start_at: Option<RawStartAt>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    format: Option<LineFormat>,
+    max_line_bytes: Option<ByteSize>,
+    rescan_interval: Option<HumanDuration>,
+    partial_line_timeout: Option<HumanDuration>,
+    rotate_wait: Option<HumanDuration>,
+    max_open_files: Option<u32>,
+    forget_after: Option<HumanDuration>,
+    fields: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -520,7 +611,11 @@ impl Config {
         }
         let mut sources: Vec<SourceConfig> = Vec::new();
         for (i, s) in raw.source.into_iter().enumerate() {
-            let name = s.name.unwrap_or_else(|| "journal".to_string());
+            let default_name = match s.kind {
+                SourceType::Journal => "journal",
+                SourceType::Files => "files",
+            };
+            let name = s.name.clone().unwrap_or_else(|| default_name.to_string());
             let key = format!("[[source]] #{} name", i + 1);
             if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
                 return Err(invalid(
@@ -537,23 +632,12 @@ impl Config {
                     ),
                 ));
             }
-            if s.directory.is_some() && s.namespace.is_some() {
-                return Err(invalid(
-                    &format!("[[source]] {name:?}"),
-                    "set either `directory` or `namespace`, not both".into(),
-                ));
-            }
-            match s.kind {
-                SourceType::Journal => sources.push(SourceConfig {
-                    name,
-                    kind: SourceKind::Journal(JournalConfig {
-                        directory: s.directory,
-                        namespace: s.namespace,
-                        matches: s.matches.into_iter().map(|m| m.0).collect(),
-                        start_at: s.start_at.unwrap_or(StartAt::Head),
-                    }),
-                }),
-            }
+            let here = format!("[[source]] {name:?}");
+            let kind = match s.kind {
+                SourceType::Journal => journal_source(s, &here, &invalid)?,
+                SourceType::Files => files_source(s, &here, &invalid)?,
+            };
+            sources.push(SourceConfig { name, kind });
         }
         let Some(sink) = raw.sink else {
             return Err(invalid(
@@ -589,6 +673,163 @@ impl Config {
             sink,
         })
     }
+}
+
+type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+/// Keys that belong to another source type, named in the error.
+fn reject_keys(
+    here: &str,
+    kind: &str,
+    keys: &[(&str, bool)],
+    invalid: Invalid,
+) -> Result<(), ConfigError> {
+    match keys.iter().find(|(_, set)| *set) {
+        Some((k, _)) => Err(invalid(
+            &format!("{here} {k}"),
+            format!("does not apply to type = \"{kind}\""),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn journal_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind, ConfigError> {
+    reject_keys(
+        here,
+        "journal",
+        &[
+            ("include", s.include.is_some()),
+            ("exclude", s.exclude.is_some()),
+            ("format", s.format.is_some()),
+            ("max_line_bytes", s.max_line_bytes.is_some()),
+            ("rescan_interval", s.rescan_interval.is_some()),
+            ("partial_line_timeout", s.partial_line_timeout.is_some()),
+            ("rotate_wait", s.rotate_wait.is_some()),
+            ("max_open_files", s.max_open_files.is_some()),
+            ("forget_after", s.forget_after.is_some()),
+            ("fields", s.fields.is_some()),
+        ],
+        invalid,
+    )?;
+    if s.directory.is_some() && s.namespace.is_some() {
+        return Err(invalid(
+            here,
+            "set either `directory` or `namespace`, not both".into(),
+        ));
+    }
+    let start_at = match s.start_at {
+        None | Some(RawStartAt::Head) => StartAt::Head,
+        Some(RawStartAt::Tail) => StartAt::Tail,
+        Some(other) => {
+            return Err(invalid(
+                &format!("{here} start_at"),
+                format!(
+                    "{other:?} is for files sources; a journal source takes \"head\" or \"tail\""
+                ),
+            ))
+        }
+    };
+    Ok(SourceKind::Journal(JournalConfig {
+        directory: s.directory,
+        namespace: s.namespace,
+        matches: s
+            .matches
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.0)
+            .collect(),
+        start_at,
+    }))
+}
+
+fn files_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind, ConfigError> {
+    reject_keys(
+        here,
+        "files",
+        &[
+            ("directory", s.directory.is_some()),
+            ("namespace", s.namespace.is_some()),
+            ("matches", s.matches.is_some()),
+        ],
+        invalid,
+    )?;
+    let d = FilesConfig::default();
+    let include = s.include.unwrap_or_default();
+    if include.is_empty() {
+        return Err(invalid(
+            &format!("{here} include"),
+            "a files source needs at least one glob, e.g. include = [\"/var/log/app/*.log\"]"
+                .into(),
+        ));
+    }
+    let exclude = s.exclude.unwrap_or_default();
+    for (key, pattern) in include
+        .iter()
+        .map(|p| ("include", p))
+        .chain(exclude.iter().map(|p| ("exclude", p)))
+    {
+        if !pattern.starts_with('/') {
+            return Err(invalid(
+                &format!("{here} {key}"),
+                format!("{pattern:?} is not an absolute path; write the whole path, e.g. \"/var/log/*.log\""),
+            ));
+        }
+        if let Err(e) = glob::Pattern::new(pattern) {
+            return Err(invalid(
+                &format!("{here} {key}"),
+                format!("{pattern:?} is not a valid glob: {e}"),
+            ));
+        }
+    }
+    let start_at = match s.start_at {
+        None | Some(RawStartAt::Beginning) => FileStart::Beginning,
+        Some(RawStartAt::End) => FileStart::End,
+        Some(other) => {
+            return Err(invalid(
+                &format!("{here} start_at"),
+                format!(
+                "{other:?} is for journal sources; a files source takes \"beginning\" or \"end\""
+            ),
+            ))
+        }
+    };
+    let max_line_bytes = match s.max_line_bytes {
+        Some(ByteSize(n)) if !(1024..=(1 << 30)).contains(&n) => {
+            return Err(invalid(
+                &format!("{here} max_line_bytes"),
+                "must be between 1KiB and 1GiB (default \"256KiB\")".into(),
+            ))
+        }
+        Some(ByteSize(n)) => n as usize,
+        None => d.max_line_bytes,
+    };
+    let max_open_files = match s.max_open_files {
+        Some(0) => {
+            return Err(invalid(
+                &format!("{here} max_open_files"),
+                "must be at least 1 (default 1024)".into(),
+            ))
+        }
+        Some(n) => n as usize,
+        None => d.max_open_files,
+    };
+    Ok(SourceKind::Files(FilesConfig {
+        include,
+        exclude,
+        format: s.format.unwrap_or(d.format),
+        start_at,
+        max_line_bytes,
+        rescan_interval: s
+            .rescan_interval
+            .map_or(d.rescan_interval, |x| x.0.max(Duration::from_millis(10))),
+        partial_line_timeout: s
+            .partial_line_timeout
+            .map_or(d.partial_line_timeout, |x| x.0),
+        rotate_wait: s.rotate_wait.map_or(d.rotate_wait, |x| x.0),
+        max_open_files,
+        forget_after: s.forget_after.map_or(d.forget_after, |x| x.0),
+        fields: s.fields.unwrap_or_default(),
+    }))
 }
 
 impl Default for PipelineConfig {
@@ -789,7 +1030,9 @@ key = "{_HOSTNAME}"
         assert_eq!(c.pipeline.max_in_flight, 500);
         assert_eq!(c.pipeline.max_in_flight_bytes, 8 << 20);
         assert_eq!(c.sources[0].name, "journal");
-        let SourceKind::Journal(j) = &c.sources[0].kind;
+        let SourceKind::Journal(j) = &c.sources[0].kind else {
+            panic!("journal source expected")
+        };
         assert_eq!(j.matches.len(), 3);
         assert_eq!(j.matches[1], JournalMatch::Or);
         assert_eq!(j.start_at, StartAt::Tail);
@@ -885,9 +1128,78 @@ key = "{_HOSTNAME}"
             "key",
             "oversize",
             "dead_letter_topic",
+            "include",
+            "exclude",
+            "format",
+            "max_line_bytes",
+            "rescan_interval",
+            "partial_line_timeout",
+            "rotate_wait",
+            "max_open_files",
+            "forget_after",
+            "fields",
         ] {
             assert!(text.contains(key), "{key} is documented");
         }
+    }
+
+    #[test]
+    fn packaged_files_example_is_valid() {
+        let text = include_str!("../packaging/perapera.toml");
+        let example: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#>"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("{example}[sink]\ntype = \"stdout\"\n")).unwrap();
+        let SourceKind::Files(f) = &c.sources[0].kind else {
+            panic!("files source expected")
+        };
+        assert_eq!(f.include, ["/var/log/pods/*/*/*.log"]);
+        assert_eq!(f.fields["cluster"], "prod");
+        assert_eq!(f.forget_after, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn files_source() {
+        let c = parse(
+            "[[source]]\ntype = \"files\"\ninclude = [\"/var/log/pods/*/*/*.log\"]\n\
+             exclude = [\"/var/log/pods/kube-system_*/**\"]\nformat = \"cri\"\n\
+             start_at = \"end\"\nmax_line_bytes = \"64KiB\"\nrescan_interval = \"2s\"\n\
+             [source.fields]\ncluster = \"prod\"\n[sink]\ntype = \"stdout\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].name, "files");
+        let SourceKind::Files(f) = &c.sources[0].kind else {
+            panic!("files source expected")
+        };
+        assert_eq!(f.format, LineFormat::Cri);
+        assert_eq!(f.start_at, FileStart::End);
+        assert_eq!(f.max_line_bytes, 64 << 10);
+        assert_eq!(f.rescan_interval, Duration::from_secs(2));
+        assert_eq!(f.fields["cluster"], "prod");
+        assert_eq!(f.max_open_files, 1024);
+        let files = |extra: &str| {
+            err(&format!(
+                "[[source]]\ntype = \"files\"\n{extra}\n[sink]\ntype = \"stdout\"\n"
+            ))
+        };
+        assert!(files("").contains("include"), "include is required");
+        let e = files("include = [\"var/log/*.log\"]");
+        assert!(e.contains("absolute"), "{e}");
+        let e = files("include = [\"/var/log/[.log\"]");
+        assert!(e.contains("not a valid glob"), "{e}");
+        let e = files("include = [\"/a\"]\nstart_at = \"tail\"");
+        assert!(e.contains("\"beginning\" or \"end\""), "{e}");
+        let e = files("include = [\"/a\"]\nmatches = [\"A=b\"]");
+        assert!(e.contains("matches") && e.contains("does not apply"), "{e}");
+        let e = files("include = [\"/a\"]\nformat = \"syslog\"");
+        assert!(e.contains("raw") && e.contains("cri"), "{e}");
+        let e = files("include = [\"/a\"]\nmax_line_bytes = 10");
+        assert!(e.contains("max_line_bytes"), "{e}");
+        let e =
+            err("[[source]]\ntype = \"journal\"\ninclude = [\"/a\"]\n[sink]\ntype = \"stdout\"\n");
+        assert!(e.contains("include") && e.contains("does not apply"), "{e}");
     }
 
     #[test]

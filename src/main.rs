@@ -180,6 +180,17 @@ fn describe_source(kind: &SourceKind) -> String {
                 j.start_at
             )
         }
+        SourceKind::Files(f) => format!(
+            "files {:?}{}, format {:?}, start_at {:?} for files first seen",
+            f.include,
+            if f.exclude.is_empty() {
+                String::new()
+            } else {
+                format!(" excluding {:?}", f.exclude)
+            },
+            f.format,
+            f.start_at
+        ),
     }
 }
 
@@ -196,8 +207,19 @@ fn check(config: &Config) -> Result<(), Failure> {
         checkpoint::read_checkpoint(&config.state.directory.join(checkpoint::CHECKPOINT_FILE));
     for s in &config.sources {
         println!("Source {:?}: {}", s.name, describe_source(&s.kind));
-        let SourceKind::Journal(j) = &s.kind;
-        if let Some(d) = &j.directory {
+        if let SourceKind::Files(f) = &s.kind {
+            let matching: usize = f
+                .include
+                .iter()
+                .filter_map(|p| glob::glob(p).ok())
+                .map(|paths| paths.filter_map(Result::ok).filter(|p| p.is_file()).count())
+                .sum();
+            println!("  {matching} files match now");
+        }
+        if let SourceKind::Journal(perapera::config::JournalConfig {
+            directory: Some(d), ..
+        }) = &s.kind
+        {
             if !d.is_dir() {
                 return Err((
                     EX_CONFIG,
@@ -210,8 +232,16 @@ fn check(config: &Config) -> Result<(), Failure> {
             }
         }
         match &saved {
-            Ok(cp) => match cp.journal_cursor(&s.name) {
-                Some(c) => println!("  resumes after cursor {c}"),
+            Ok(cp) => match cp.sources.get(&s.name) {
+                Some(SourceCheckpoint::Journal { cursor, .. }) => {
+                    println!("  resumes after cursor {cursor}")
+                }
+                Some(SourceCheckpoint::Files { files }) => {
+                    println!(
+                        "  resumes {} files at their checkpointed offsets",
+                        files.len()
+                    )
+                }
                 None => println!("  no checkpoint yet"),
             },
             Err(e) => return Err(state_failure(e)),
@@ -260,6 +290,25 @@ fn cursor_show(config: &Config, json: bool) -> Result<(), Failure> {
                     s.name,
                     format_time(*entry_time_us)
                 );
+            }
+            Some(SourceCheckpoint::Files { files }) => {
+                let last = files.iter().map(|f| f.acked_at_ms).max().unwrap_or(0);
+                println!(
+                    "{:<20} {:<28} {} files",
+                    s.name,
+                    if last == 0 {
+                        "-".to_string()
+                    } else {
+                        format_time(last * 1000)
+                    },
+                    files.len()
+                );
+                for f in files {
+                    println!(
+                        "    {} offset {} (dev {} inode {})",
+                        f.path, f.offset, f.dev, f.ino
+                    );
+                }
             }
             None => println!("{:<20} {:<28} (none: starts at start_at)", s.name, "-"),
         }

@@ -16,6 +16,7 @@
 //! no batches, the sources' bounded channels fill and they stop reading: a sink outage of any
 //! length costs no memory.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,15 +25,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use crate::checkpoint::{Checkpoint, SourceCheckpoint, StateDir, StateError, Watermark};
+use crate::checkpoint::{
+    Checkpoint, FileCheckpoint, SourceCheckpoint, StateDir, StateError, Watermark,
+};
 use crate::config::{Config, Oversize, SinkConfig, SourceKind};
 use crate::encode;
 use crate::ops::metrics::Stats;
 use crate::ops::ratelimit::RateLimit;
-use crate::record::{Record, Value};
+use crate::record::{FileRef, Position, Record, Value};
 use crate::sink::{Ack, DeliveryError, Outgoing, SendError, Sink};
+use crate::source::files::FilesReader;
 use crate::source::journal::{JournalReader, Start};
-use crate::source::{Batch, SourceError};
+use crate::source::{Batch, FileEvent, SourceError};
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +81,7 @@ fn unpack(id: u64) -> (usize, u16, u64) {
 
 /// An entry between read and acknowledgement.
 struct Slot {
-    position: String,
+    position: Position,
     entry_time_us: u64,
     /// `None` once done (acknowledged or finally handled).
     record: Option<Record>,
@@ -91,9 +95,117 @@ struct Slot {
 struct SourceState {
     name: String,
     window: Watermark<Slot>,
-    /// Last acknowledged (cursor, entry time), not yet written if `dirty`.
-    acked: Option<(String, u64)>,
+    acked: Acked,
+    /// `acked` changed since the checkpoint was last written.
     dirty: bool,
+}
+
+/// What a source's checkpoint will say.
+enum Acked {
+    /// Last acknowledged (cursor, entry time), if any.
+    Journal(Option<(String, u64)>),
+    /// Per file identity (device, inode).
+    Files {
+        files: HashMap<(u64, u64), FileCheckpoint>,
+        forget_after: Duration,
+        /// A scan reported which files exist since start: only then can a file's absence age.
+        scanned: bool,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Acked {
+    /// Folds the acknowledged slot in (slots arrive in read order).
+    fn fold(&mut self, slot: Slot, now: u64) {
+        match (self, slot.position) {
+            (Acked::Journal(acked), Position::Cursor(cursor)) => {
+                *acked = Some((cursor, slot.entry_time_us));
+            }
+            (Acked::Files { files, .. }, Position::File { file, offset }) => {
+                let e = file_entry(files, &file, now);
+                e.offset = offset;
+                e.acked_at_ms = now;
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies a files source's news.
+    fn on_event(&mut self, event: FileEvent, now: u64) {
+        let Acked::Files { files, scanned, .. } = self else {
+            return;
+        };
+        match event {
+            FileEvent::Start { file, offset } => {
+                let e = file_entry(files, &file, now);
+                e.offset = offset;
+            }
+            FileEvent::Seen(keys) => {
+                *scanned = true;
+                for key in keys {
+                    if let Some(e) = files.get_mut(&key) {
+                        e.seen_at_ms = now;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The checkpoint entry, forgetting files unseen for `forget_after`.
+    fn checkpoint(&mut self, now: u64) -> Option<SourceCheckpoint> {
+        match self {
+            Acked::Journal(None) => None,
+            Acked::Journal(Some((cursor, time))) => Some(SourceCheckpoint::Journal {
+                cursor: cursor.clone(),
+                entry_time_us: *time,
+                acked_at_ms: now,
+            }),
+            Acked::Files {
+                files,
+                forget_after,
+                scanned,
+            } => {
+                if *scanned {
+                    let keep = forget_after.as_millis() as u64;
+                    files.retain(|_, f| now.saturating_sub(f.seen_at_ms) <= keep);
+                }
+                let mut list: Vec<FileCheckpoint> = files.values().cloned().collect();
+                list.sort_by(|a, b| (&a.path, a.dev, a.ino).cmp(&(&b.path, b.dev, b.ino)));
+                Some(SourceCheckpoint::Files { files: list })
+            }
+        }
+    }
+}
+
+/// The checkpoint entry of `file`, made current: identity and path as last read.
+fn file_entry<'a>(
+    files: &'a mut HashMap<(u64, u64), FileCheckpoint>,
+    file: &FileRef,
+    now: u64,
+) -> &'a mut FileCheckpoint {
+    let e = files
+        .entry((file.id.dev, file.id.ino))
+        .or_insert_with(|| FileCheckpoint {
+            path: String::new(),
+            dev: file.id.dev,
+            ino: file.id.ino,
+            fingerprint: 0,
+            fingerprint_len: 0,
+            offset: 0,
+            acked_at_ms: 0,
+            seen_at_ms: now,
+        });
+    if e.path != file.path {
+        e.path.clone_from(&file.path);
+    }
+    e.fingerprint = file.id.fingerprint;
+    e.fingerprint_len = file.id.fingerprint_len;
+    e
 }
 
 /// How long to wait before re-sending after a transient failure: doubles per consecutive
@@ -146,22 +258,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let batch_bytes = (config.pipeline.max_in_flight_bytes / 4).clamp(1, 1 << 20);
     let mut readers = Vec::new();
     for (index, source) in config.sources.iter().enumerate() {
-        let SourceKind::Journal(jc) = &source.kind;
-        let start = match checkpoint.journal_cursor(&source.name) {
-            Some(c) => Start::After(c.to_string()),
-            None => Start::Fresh(jc.start_at),
+        let spawned = match &source.kind {
+            SourceKind::Journal(jc) => {
+                let start = match checkpoint.journal_cursor(&source.name) {
+                    Some(c) => Start::After(c.to_string()),
+                    None => Start::Fresh(jc.start_at),
+                };
+                tracing::info!(source = %source.name, start = ?start, "Opening journal source");
+                JournalReader {
+                    index,
+                    name: source.name.clone(),
+                    config: jc.clone(),
+                    start,
+                    batch_entries,
+                    batch_bytes,
+                    stats: stats.clone(),
+                }
+                .spawn(batch_tx.clone(), stop.clone())
+            }
+            SourceKind::Files(fc) => {
+                let saved = checkpoint.files(&source.name).map(<[_]>::to_vec);
+                tracing::info!(source = %source.name, include = ?fc.include,
+                    files_in_checkpoint = saved.as_ref().map_or(0, Vec::len), "Opening files source");
+                FilesReader {
+                    index,
+                    name: source.name.clone(),
+                    config: fc.clone(),
+                    saved,
+                    batch_entries,
+                    batch_bytes,
+                    stats: stats.clone(),
+                }
+                .spawn(batch_tx.clone(), stop.clone())
+            }
         };
-        tracing::info!(source = %source.name, start = ?start, "Opening journal source");
-        let reader = JournalReader {
-            index,
-            name: source.name.clone(),
-            config: jc.clone(),
-            start,
-            batch_entries,
-            batch_bytes,
-            stats: stats.clone(),
-        };
-        match reader.spawn(batch_tx.clone(), stop.clone()) {
+        match spawned {
             Ok(h) => readers.push(h),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
@@ -187,7 +318,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             .map(|s| SourceState {
                 name: s.name.clone(),
                 window: Watermark::default(),
-                acked: None,
+                acked: match &s.kind {
+                    SourceKind::Journal(_) => Acked::Journal(None),
+                    SourceKind::Files(fc) => Acked::Files {
+                        files: checkpoint
+                            .files(&s.name)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|f| ((f.dev, f.ino), f.clone()))
+                            .collect(),
+                        forget_after: fc.forget_after,
+                        scanned: false,
+                    },
+                },
                 dirty: false,
             })
             .collect(),
@@ -310,6 +453,15 @@ impl Pipeline {
     }
 
     fn submit(&mut self, batch: Batch) {
+        if !batch.events.is_empty() {
+            let now = now_ms();
+            if let Some(source) = self.sources.get_mut(batch.source) {
+                for event in batch.events {
+                    source.acked.on_event(event, now);
+                }
+                source.dirty = true;
+            }
+        }
         for mut record in batch.records {
             let bytes = record.byte_size();
             let position = std::mem::take(&mut record.position);
@@ -554,11 +706,13 @@ impl Pipeline {
     }
 
     fn advance(&mut self) {
+        let mut now = None;
         for source in &mut self.sources {
-            let before = source.window.len();
-            if let Some(slot) = source.window.advance() {
-                self.unpersisted += before - source.window.len();
-                source.acked = Some((slot.position, slot.entry_time_us));
+            let acked = &mut source.acked;
+            let now = *now.get_or_insert_with(now_ms);
+            let popped = source.window.advance_each(|slot| acked.fold(slot, now));
+            if popped > 0 {
+                self.unpersisted += popped;
                 source.dirty = true;
             }
         }
@@ -568,19 +722,12 @@ impl Pipeline {
         if !self.sources.iter().any(|s| s.dirty) {
             return;
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        for source in &self.sources {
-            if let (true, Some((cursor, time))) = (source.dirty, &source.acked) {
-                self.checkpoint.sources.insert(
-                    source.name.clone(),
-                    SourceCheckpoint::Journal {
-                        cursor: cursor.clone(),
-                        entry_time_us: *time,
-                        acked_at_ms: now_ms,
-                    },
-                );
+        let now = now_ms();
+        for source in &mut self.sources {
+            if source.dirty {
+                if let Some(entry) = source.acked.checkpoint(now) {
+                    self.checkpoint.sources.insert(source.name.clone(), entry);
+                }
             }
         }
         self.checkpoint.version = Checkpoint::VERSION;
@@ -622,7 +769,7 @@ fn truncate_to(record: &mut Record, target: usize) -> bool {
 
 /// What goes to the dead-letter topic instead of an entry the sink rejected: every field up
 /// to 1 KiB (the metadata), larger ones replaced by their size, plus why and where.
-fn dead_letter_stub(record: &Record, position: &str, original: usize, reason: &str) -> Record {
+fn dead_letter_stub(record: &Record, position: &Position, original: usize, reason: &str) -> Record {
     const KEEP: usize = 1024;
     let mut fields: Vec<(String, Value)> = record
         .fields
@@ -650,7 +797,7 @@ fn dead_letter_stub(record: &Record, position: &str, original: usize, reason: &s
     Record {
         fields,
         time_ns: record.time_ns,
-        position: String::new(),
+        position: Position::default(),
     }
 }
 
@@ -697,9 +844,9 @@ mod tests {
                 ("_SYSTEMD_UNIT".into(), Value::Str("a.service".into())),
             ],
             time_ns: 5,
-            position: String::new(),
+            position: Position::default(),
         };
-        let s = dead_letter_stub(&r, "s=1;i=2", 5050, "too large");
+        let s = dead_letter_stub(&r, &Position::Cursor("s=1;i=2".into()), 5050, "too large");
         assert_eq!(s.get("_SYSTEMD_UNIT"), r.get("_SYSTEMD_UNIT"));
         assert_eq!(
             s.get("MESSAGE"),

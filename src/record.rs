@@ -7,6 +7,9 @@
 //! becomes a [`Value::Array`].
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::source::identity::FileId;
 
 /// A field value, as it will be encoded in MessagePack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +64,66 @@ impl Value {
     }
 }
 
+/// A file as read: its identity and the path it had when the line was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    /// (device, inode, fingerprint).
+    pub id: FileId,
+    /// The path (informational: the identity is what counts).
+    pub path: String,
+}
+
+/// Where an entry is in its source; what a checkpoint persists once it is acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// A journal cursor.
+    Cursor(String),
+    /// A byte offset just after a line of a file.
+    File {
+        /// The file (shared by all lines read from it under the same identity and path).
+        file: Arc<FileRef>,
+        /// Offset after the line: where to resume.
+        offset: u64,
+    },
+}
+
+impl Default for Position {
+    fn default() -> Self {
+        Position::Cursor(String::new())
+    }
+}
+
+impl Position {
+    /// Writes the position as text (the `perapera-position` header): the cursor, or
+    /// `PATH:OFFSET`.
+    pub fn render_into(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        match self {
+            Position::Cursor(c) => out.push_str(c),
+            Position::File { file, offset } => {
+                let _ = write!(out, "{}:{offset}", file.path);
+            }
+        }
+    }
+
+    /// Approximate heap size.
+    fn byte_size(&self) -> usize {
+        match self {
+            Position::Cursor(c) => c.len(),
+            Position::File { .. } => 16,
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        self.render_into(&mut s);
+        f.write_str(&s)
+    }
+}
+
 /// One log entry on its way to the sink.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -68,8 +131,8 @@ pub struct Record {
     pub fields: Vec<(String, Value)>,
     /// The entry's time in nanoseconds since the Unix epoch (the Kafka timestamp source).
     pub time_ns: u64,
-    /// Where this entry is in its source (journal cursor); persisted once acknowledged.
-    pub position: String,
+    /// Where this entry is in its source; persisted once acknowledged.
+    pub position: Position,
 }
 
 impl Record {
@@ -92,7 +155,7 @@ impl Record {
             .iter()
             .map(|(n, v)| n.len() + v.len())
             .sum::<usize>()
-            + self.position.len()
+            + self.position.byte_size()
     }
 
     /// Cuts the largest field value (UTF-8-safe for text) so that the record shrinks by at

@@ -18,6 +18,9 @@ pub struct SourceStats {
     pub gaps: AtomicU64,
     /// `perapera_entries_failed_total` by reason (rare: a lock is fine).
     pub failed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Things worth counting that are not failures (a long line split into parts, a line
+    /// that did not parse and was shipped as is), by what.
+    pub noted: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// All counters.
@@ -71,6 +74,15 @@ impl Stats {
         }
     }
 
+    /// `n` times `what` happened in `source` (lines split, unparsed lines shipped raw, ...).
+    pub fn note(&self, source: &str, what: &'static str, n: u64) {
+        if let Some(s) = self.source(source) {
+            if let Ok(mut m) = s.noted.lock() {
+                *m.entry(what).or_default() += n;
+            }
+        }
+    }
+
     /// A gap in `source` (entries deleted by retention before we read them).
     pub fn gap(&self, source: &str) {
         if let Some(s) = self.source(source) {
@@ -83,15 +95,16 @@ impl Stats {
         self.sources
             .iter()
             .map(|s| {
-                let failed = s
-                    .failed
-                    .lock()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!(" {k}={v}"))
-                            .collect::<String>()
-                    })
-                    .unwrap_or_default();
+                let list = |m: &Mutex<BTreeMap<&'static str, u64>>| {
+                    m.lock()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!(" {k}={v}"))
+                                .collect::<String>()
+                        })
+                        .unwrap_or_default()
+                };
+                let failed = list(&s.failed) + &list(&s.noted);
                 format!(
                     "source={} read={} acked={} gaps={}{}",
                     s.name,

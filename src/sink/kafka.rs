@@ -109,6 +109,7 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Context>,
     payload: Vec<u8>,
     topic: String,
+    position: String,
     key: String,
 }
 
@@ -139,6 +140,7 @@ impl KafkaSink {
             producer,
             payload: Vec::with_capacity(4096),
             topic: String::new(),
+            position: String::new(),
             key: String::new(),
         })
     }
@@ -178,6 +180,7 @@ impl KafkaSink {
         } else {
             (out.record.time_ns / 1_000_000) as i64
         };
+        out.position.render_into(&mut self.position);
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: "perapera-source",
@@ -185,7 +188,7 @@ impl KafkaSink {
             })
             .insert(Header {
                 key: "perapera-position",
-                value: Some(out.position),
+                value: Some(&self.position),
             })
             .insert(Header {
                 key: "content-type",

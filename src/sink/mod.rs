@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::SinkConfig;
-use crate::record::Record;
+use crate::record::{Position, Record};
 
 /// The outcome of one send, keyed by the id the pipeline gave it.
 #[derive(Debug)]
@@ -52,7 +52,7 @@ pub struct Outgoing<'a> {
     /// Source name (Kafka header `perapera-source`).
     pub source: &'a str,
     /// Source position (Kafka header `perapera-position`).
-    pub position: &'a str,
+    pub position: &'a Position,
     /// The entry.
     pub record: &'a Record,
     /// Send to the dead-letter topic instead of the topic template.
@@ -66,7 +66,7 @@ pub enum Sink {
     /// JSON lines on stdout.
     Stdout(stdout::StdoutSink),
     /// Kafka.
-    Kafka(kafka::KafkaSink),
+    Kafka(Box<kafka::KafkaSink>),
 }
 
 impl Sink {
@@ -74,7 +74,7 @@ impl Sink {
     pub fn new(config: &SinkConfig, acks: mpsc::UnboundedSender<Ack>) -> Result<Sink, String> {
         Ok(match config {
             SinkConfig::Stdout => Sink::Stdout(stdout::StdoutSink::new(acks)),
-            SinkConfig::Kafka(k) => Sink::Kafka(kafka::KafkaSink::new(k.clone(), acks)?),
+            SinkConfig::Kafka(k) => Sink::Kafka(Box::new(kafka::KafkaSink::new(k.clone(), acks)?)),
         })
     }
 

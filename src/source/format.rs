@@ -90,6 +90,8 @@ pub fn parse_cri(line: &[u8]) -> Result<CriLine<'_>, FormatError> {
 /// One parsed docker json-file line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerLine {
+    /// `time` as written.
+    pub time: Option<String>,
     /// `time`, nanoseconds since the epoch, when present and valid.
     pub time_ns: Option<u64>,
     /// `stream`, when it is stdout or stderr.
@@ -123,6 +125,7 @@ pub fn parse_docker(line: &[u8]) -> Result<DockerLine, FormatError> {
     }
     Ok(DockerLine {
         time_ns: raw.time.as_deref().and_then(parse_rfc3339_ns),
+        time: raw.time,
         stream: raw
             .stream
             .as_deref()

@@ -69,6 +69,13 @@ impl FileId {
         Ok(bytes.len() == self.fingerprint_len as usize && fnv1a(&bytes) == self.fingerprint)
     }
 
+    /// True if `file` (whatever its inode) starts with the bytes this id was taken from: a
+    /// copy of this file (copytruncate's rotated copy).
+    pub fn same_content(&self, file: &mut File) -> io::Result<bool> {
+        let bytes = head(file, self.fingerprint_len as usize)?;
+        Ok(bytes.len() == self.fingerprint_len as usize && fnv1a(&bytes) == self.fingerprint)
+    }
+
     /// The same file's id over more bytes, once it has grown past the old fingerprint.
     pub fn refreshed(&self, file: &mut File) -> io::Result<FileId> {
         if self.fingerprint_len as usize >= FINGERPRINT_BYTES {

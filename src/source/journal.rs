@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::{Batch, SourceError};
 use crate::config::{JournalConfig, JournalMatch, StartAt};
 use crate::ops::metrics::Stats;
-use crate::record::{Record, Value};
+use crate::record::{Position, Record, Value};
 
 /// How the reader positions itself at start.
 #[derive(Debug, Clone)]
@@ -285,6 +285,7 @@ impl JournalReader {
         tx.blocking_send(Batch {
             source: self.index,
             records,
+            events: Vec::new(),
         })
         .is_ok()
     }
@@ -336,7 +337,7 @@ fn read_entry(j: &mut Journal) -> Result<Record, systemd::Error> {
     Ok(Record {
         fields,
         time_ns: source_time.unwrap_or(realtime).saturating_mul(1000),
-        position: cursor,
+        position: Position::Cursor(cursor),
     })
 }
 

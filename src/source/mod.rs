@@ -2,24 +2,46 @@
 //! position, and hands owned batches to the pipeline over a bounded channel; it never decides
 //! what is "done" (the pipeline's watermark does).
 //!
-//! [`journal`] is the journal source. [`format`], [`lines`] and [`identity`] are the parts of
-//! the files source that are already built (line formats, offset-tracking line splitting, file
-//! identity); the tailer that uses them is not wired in yet.
+//! [`journal`] is the journal source; [`files`] the files source, built from [`format`]
+//! (line formats), [`lines`] (offset-tracking line splitting) and [`identity`] (which file is
+//! this).
 
+pub mod files;
 pub mod format;
 pub mod identity;
 pub mod journal;
 pub mod lines;
 
-use crate::record::Record;
+use std::sync::Arc;
+
+use crate::record::{FileRef, Record};
 
 /// A batch of entries from one source, in read order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Batch {
     /// Index of the source in the configuration.
     pub source: usize,
+    /// What a files source learned about its files since the last batch (applied before
+    /// `records`).
+    pub events: Vec<FileEvent>,
     /// The entries.
     pub records: Vec<Record>,
+}
+
+/// News from a files source that the checkpoint must reflect though no entry carries it.
+#[derive(Debug, Clone)]
+pub enum FileEvent {
+    /// Reading of this file identity starts (or resumes) at `offset`: a file first seen at
+    /// its end is checkpointed there before any of its lines is acknowledged.
+    Start {
+        /// The file.
+        file: Arc<FileRef>,
+        /// Where reading starts.
+        offset: u64,
+    },
+    /// A scan finished: these identities (device, inode) exist. Checkpoints of the others age
+    /// towards `forget_after`.
+    Seen(Vec<(u64, u64)>),
 }
 
 /// A source that cannot start.
