@@ -11,14 +11,17 @@
 //! either the old or the new checkpoint, never a torn one. A checkpoint that does not parse
 //! is an error for the operator (`perapera cursor reset`), never a silent restart.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::FileRef;
 use crate::source::identity::FileId;
+use crate::source::FileEvent;
 
 /// Tracks in-flight entries in read order; `advance` pops the acknowledged prefix.
 #[derive(Debug)]
@@ -192,6 +195,111 @@ impl Checkpoint {
             Some(SourceCheckpoint::Files { files }) => Some(files),
             _ => None,
         }
+    }
+}
+
+/// The offsets of a files source's files, as its checkpoint will say: the offset after the
+/// last acknowledged line of each file identity, the start offset of files nothing was
+/// acknowledged of yet, and when each was last seen (files unseen for `forget_after` are
+/// forgotten).
+#[derive(Debug, Default)]
+pub struct FileOffsets {
+    /// By [`FileRef::key`]; entries loaded from the checkpoint get keys with the top bit set.
+    files: HashMap<u64, FileCheckpoint>,
+    forget_after: Duration,
+    /// A scan reported which files exist: only then can a file's absence age.
+    scanned: bool,
+}
+
+impl FileOffsets {
+    /// Starts from a checkpoint's entries.
+    pub fn new(saved: &[FileCheckpoint], forget_after: Duration) -> FileOffsets {
+        FileOffsets {
+            files: saved
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (Self::LOADED | i as u64, f.clone()))
+                .collect(),
+            forget_after,
+            scanned: false,
+        }
+    }
+
+    /// Keys of entries loaded from the checkpoint have this bit; the tailer numbers the files
+    /// it starts from 1.
+    pub const LOADED: u64 = 1 << 63;
+
+    /// The loaded entries with their keys: where the files source resumes.
+    pub fn saved(&self) -> Vec<(u64, FileCheckpoint)> {
+        let mut v: Vec<(u64, FileCheckpoint)> = self
+            .files
+            .iter()
+            .filter(|(k, _)| *k & Self::LOADED != 0)
+            .map(|(k, f)| (*k, f.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    fn entry(&mut self, file: &FileRef, now_ms: u64) -> &mut FileCheckpoint {
+        let e = self
+            .files
+            .entry(file.key)
+            .or_insert_with(|| FileCheckpoint {
+                path: String::new(),
+                dev: file.id.dev,
+                ino: file.id.ino,
+                fingerprint: 0,
+                fingerprint_len: 0,
+                offset: 0,
+                acked_at_ms: 0,
+                seen_at_ms: now_ms,
+            });
+        if e.path != file.path {
+            e.path.clone_from(&file.path);
+        }
+        e.fingerprint = file.id.fingerprint;
+        e.fingerprint_len = file.id.fingerprint_len;
+        e
+    }
+
+    /// The line of `file` ending at `offset` was acknowledged (lines arrive in read order).
+    pub fn acked(&mut self, file: &FileRef, offset: u64, now_ms: u64) {
+        let e = self.entry(file, now_ms);
+        e.offset = offset;
+        e.acked_at_ms = now_ms;
+    }
+
+    /// Applies news from the files source.
+    pub fn on_event(&mut self, event: FileEvent, now_ms: u64) {
+        match event {
+            FileEvent::Start { file, offset } => self.entry(&file, now_ms).offset = offset,
+            FileEvent::Identity(file) => {
+                self.entry(&file, now_ms);
+            }
+            FileEvent::Seen(keys) => {
+                self.scanned = true;
+                for key in keys {
+                    if let Some(e) = self.files.get_mut(&key) {
+                        e.seen_at_ms = now_ms;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The checkpoint's list, forgetting files unseen for `forget_after`.
+    pub fn checkpoint(&mut self, now_ms: u64) -> Vec<FileCheckpoint> {
+        if self.scanned {
+            let keep = self.forget_after.as_millis() as u64;
+            self.files
+                .retain(|_, f| now_ms.saturating_sub(f.seen_at_ms) <= keep);
+        }
+        let mut list: Vec<FileCheckpoint> = self.files.values().cloned().collect();
+        list.sort_by(|a, b| {
+            (&a.path, a.dev, a.ino, a.fingerprint).cmp(&(&b.path, b.dev, b.ino, b.fingerprint))
+        });
+        list
     }
 }
 

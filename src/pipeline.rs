@@ -16,7 +16,6 @@
 //! no batches, the sources' bounded channels fill and they stop reading: a sink outage of any
 //! length costs no memory.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,17 +25,17 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::checkpoint::{
-    Checkpoint, FileCheckpoint, SourceCheckpoint, StateDir, StateError, Watermark,
+    Checkpoint, FileOffsets, SourceCheckpoint, StateDir, StateError, Watermark,
 };
 use crate::config::{Config, Oversize, SinkConfig, SourceKind};
 use crate::encode;
 use crate::ops::metrics::Stats;
 use crate::ops::ratelimit::RateLimit;
-use crate::record::{FileRef, Position, Record, Value};
+use crate::record::{Position, Record, Value};
 use crate::sink::{Ack, DeliveryError, Outgoing, SendError, Sink};
 use crate::source::files::FilesReader;
 use crate::source::journal::{JournalReader, Start};
-use crate::source::{Batch, FileEvent, SourceError};
+use crate::source::{Batch, SourceError};
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -104,13 +103,8 @@ struct SourceState {
 enum Acked {
     /// Last acknowledged (cursor, entry time), if any.
     Journal(Option<(String, u64)>),
-    /// Per file identity (device, inode).
-    Files {
-        files: HashMap<(u64, u64), FileCheckpoint>,
-        forget_after: Duration,
-        /// A scan reported which files exist since start: only then can a file's absence age.
-        scanned: bool,
-    },
+    /// Per file identity.
+    Files(FileOffsets),
 }
 
 fn now_ms() -> u64 {
@@ -126,37 +120,14 @@ impl Acked {
             (Acked::Journal(acked), Position::Cursor(cursor)) => {
                 *acked = Some((cursor, slot.entry_time_us));
             }
-            (Acked::Files { files, .. }, Position::File { file, offset }) => {
-                let e = file_entry(files, &file, now);
-                e.offset = offset;
-                e.acked_at_ms = now;
+            (Acked::Files(files), Position::File { file, offset }) => {
+                files.acked(&file, offset, now);
             }
             _ => {}
         }
     }
 
-    /// Applies a files source's news.
-    fn on_event(&mut self, event: FileEvent, now: u64) {
-        let Acked::Files { files, scanned, .. } = self else {
-            return;
-        };
-        match event {
-            FileEvent::Start { file, offset } => {
-                let e = file_entry(files, &file, now);
-                e.offset = offset;
-            }
-            FileEvent::Seen(keys) => {
-                *scanned = true;
-                for key in keys {
-                    if let Some(e) = files.get_mut(&key) {
-                        e.seen_at_ms = now;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The checkpoint entry, forgetting files unseen for `forget_after`.
+    /// The checkpoint entry.
     fn checkpoint(&mut self, now: u64) -> Option<SourceCheckpoint> {
         match self {
             Acked::Journal(None) => None,
@@ -165,47 +136,11 @@ impl Acked {
                 entry_time_us: *time,
                 acked_at_ms: now,
             }),
-            Acked::Files {
-                files,
-                forget_after,
-                scanned,
-            } => {
-                if *scanned {
-                    let keep = forget_after.as_millis() as u64;
-                    files.retain(|_, f| now.saturating_sub(f.seen_at_ms) <= keep);
-                }
-                let mut list: Vec<FileCheckpoint> = files.values().cloned().collect();
-                list.sort_by(|a, b| (&a.path, a.dev, a.ino).cmp(&(&b.path, b.dev, b.ino)));
-                Some(SourceCheckpoint::Files { files: list })
-            }
+            Acked::Files(files) => Some(SourceCheckpoint::Files {
+                files: files.checkpoint(now),
+            }),
         }
     }
-}
-
-/// The checkpoint entry of `file`, made current: identity and path as last read.
-fn file_entry<'a>(
-    files: &'a mut HashMap<(u64, u64), FileCheckpoint>,
-    file: &FileRef,
-    now: u64,
-) -> &'a mut FileCheckpoint {
-    let e = files
-        .entry((file.id.dev, file.id.ino))
-        .or_insert_with(|| FileCheckpoint {
-            path: String::new(),
-            dev: file.id.dev,
-            ino: file.id.ino,
-            fingerprint: 0,
-            fingerprint_len: 0,
-            offset: 0,
-            acked_at_ms: 0,
-            seen_at_ms: now,
-        });
-    if e.path != file.path {
-        e.path.clone_from(&file.path);
-    }
-    e.fingerprint = file.id.fingerprint;
-    e.fingerprint_len = file.id.fingerprint_len;
-    e
 }
 
 /// How long to wait before re-sending after a transient failure: doubles per consecutive
@@ -277,7 +212,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 .spawn(batch_tx.clone(), stop.clone())
             }
             SourceKind::Files(fc) => {
-                let saved = checkpoint.files(&source.name).map(<[_]>::to_vec);
+                let saved = checkpoint
+                    .files(&source.name)
+                    .map(|f| FileOffsets::new(f, fc.forget_after).saved());
                 tracing::info!(source = %source.name, include = ?fc.include,
                     files_in_checkpoint = saved.as_ref().map_or(0, Vec::len), "Opening files source");
                 FilesReader {
@@ -320,16 +257,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 window: Watermark::default(),
                 acked: match &s.kind {
                     SourceKind::Journal(_) => Acked::Journal(None),
-                    SourceKind::Files(fc) => Acked::Files {
-                        files: checkpoint
-                            .files(&s.name)
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|f| ((f.dev, f.ino), f.clone()))
-                            .collect(),
-                        forget_after: fc.forget_after,
-                        scanned: false,
-                    },
+                    SourceKind::Files(fc) => Acked::Files(FileOffsets::new(
+                        checkpoint.files(&s.name).unwrap_or_default(),
+                        fc.forget_after,
+                    )),
                 },
                 dirty: false,
             })
@@ -456,8 +387,10 @@ impl Pipeline {
         if !batch.events.is_empty() {
             let now = now_ms();
             if let Some(source) = self.sources.get_mut(batch.source) {
-                for event in batch.events {
-                    source.acked.on_event(event, now);
+                if let Acked::Files(files) = &mut source.acked {
+                    for event in batch.events {
+                        files.on_event(event, now);
+                    }
                 }
                 source.dirty = true;
             }

@@ -71,6 +71,10 @@ pub struct FileRef {
     pub id: FileId,
     /// The path (informational: the identity is what counts).
     pub path: String,
+    /// Which reading of which file this is, unique within a run: the key of its checkpoint
+    /// entry. A truncated file's new contents are a new key; its rotated copy continues the
+    /// old one.
+    pub key: u64,
 }
 
 /// Where an entry is in its source; what a checkpoint persists once it is acknowledged.

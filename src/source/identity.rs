@@ -8,8 +8,8 @@
 //! it is persisted in checkpoints and must not change between versions (`DefaultHasher` may).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +36,20 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Reads up to `len` bytes from the start of `file` (restoring nothing: callers seek anyway).
+/// Reads up to `len` bytes from the start of `file` with `pread`: the file's read position
+/// (where the tailer continues) does not move.
 fn head(file: &mut File, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
-    file.seek(SeekFrom::Start(0))?;
-    file.by_ref().take(len as u64).read_to_end(&mut buf)?;
+    let mut buf = vec![0; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
     Ok(buf)
 }
 
@@ -65,8 +74,7 @@ impl FileId {
         if meta.dev() != self.dev || meta.ino() != self.ino {
             return Ok(false);
         }
-        let bytes = head(file, self.fingerprint_len as usize)?;
-        Ok(bytes.len() == self.fingerprint_len as usize && fnv1a(&bytes) == self.fingerprint)
+        self.same_content(file)
     }
 
     /// True if `file` (whatever its inode) starts with the bytes this id was taken from: a
@@ -96,6 +104,21 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn identifying_does_not_move_the_read_position() {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut f = File::open(&path).unwrap();
+        f.seek(SeekFrom::Start(4)).unwrap();
+        let id = FileId::of(&mut f).unwrap();
+        assert!(id.matches(&mut f).unwrap());
+        let mut rest = String::new();
+        f.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "456789");
     }
 
     #[test]

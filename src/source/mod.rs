@@ -39,9 +39,11 @@ pub enum FileEvent {
         /// Where reading starts.
         offset: u64,
     },
-    /// A scan finished: these identities (device, inode) exist. Checkpoints of the others age
-    /// towards `forget_after`.
-    Seen(Vec<(u64, u64)>),
+    /// The file's identity (fingerprint over more bytes) or path changed; its offset did not.
+    Identity(Arc<FileRef>),
+    /// A scan finished: the files with these keys ([`FileRef::key`]) are followed. The
+    /// checkpoints of the others age towards `forget_after`.
+    Seen(Vec<u64>),
 }
 
 /// A source that cannot start.
