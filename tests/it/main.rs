@@ -2,6 +2,7 @@
 //! systemd-journal-remote), librdkafka's mock cluster and a tansu broker process.
 
 mod cli;
+mod files;
 mod journal;
 mod kafka_mock;
 mod kafka_tansu;

@@ -131,7 +131,20 @@ pub struct Agent {
 impl Agent {
     /// `perapera run -c config`, stdout captured line by line.
     pub fn start(config: &Path) -> Agent {
-        let mut child = Command::new(bin())
+        Agent::start_with(&[], config)
+    }
+
+    /// The same, run through `prefix` (e.g. `setpriv` dropping capabilities).
+    pub fn start_with(prefix: &[&str], config: &Path) -> Agent {
+        let mut command = match prefix {
+            [] => Command::new(bin()),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "-c"])
             .arg(config)
             .env("PERAPERA_LOG", "info")
@@ -234,6 +247,38 @@ pub fn perapera(args: &[&str]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()
 }
 
+/// The files checkpoint of `source`: (path, offset) per file.
+pub fn saved_files(state: &Path, source: &str) -> Vec<(String, u64)> {
+    let Ok(text) = std::fs::read_to_string(state.join("checkpoint.json")) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["sources"][source]["files"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .map(|f| {
+                    (
+                        f["path"].as_str().unwrap().to_string(),
+                        f["offset"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Reads the cursor saved for `source` from the state directory.
 pub fn saved_cursor(state: &Path, source: &str) -> Option<String> {
     let text = std::fs::read_to_string(state.join("checkpoint.json")).ok()?;
@@ -271,6 +316,15 @@ impl Consumed {
             .into_iter()
             .map(|(k, v)| (k.as_str().expect("keys are str").to_string(), v))
             .collect()
+    }
+
+    /// The `message` field's bytes (msgpack str or bin).
+    pub fn message(&self) -> Vec<u8> {
+        match &self.fields()["message"] {
+            rmpv::Value::String(s) => s.as_bytes().to_vec(),
+            rmpv::Value::Binary(b) => b.clone(),
+            other => panic!("message is {other:?}"),
+        }
     }
 
     pub fn seq(&self) -> u64 {
