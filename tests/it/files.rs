@@ -187,7 +187,7 @@ fn rotation_copytruncate_and_recreate_under_load_lose_nothing() {
                     n += 1;
                 }
                 std::thread::sleep(Duration::from_millis(2));
-                if n % 3_000 == 0 {
+                if n.is_multiple_of(3_000) {
                     rotations += 1;
                     match w {
                         0 => {
