@@ -495,6 +495,61 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_offsets_forget_files_unseen_for_the_grace_period() {
+        use std::sync::Arc;
+        let file = |ino, key| {
+            Arc::new(FileRef {
+                id: FileId {
+                    dev: 1,
+                    ino,
+                    fingerprint: 7,
+                    fingerprint_len: 10,
+                },
+                path: format!("/var/log/{ino}.log"),
+                key,
+            })
+        };
+        let saved = FileCheckpoint {
+            path: "/var/log/old.log".into(),
+            dev: 1,
+            ino: 99,
+            fingerprint: 5,
+            fingerprint_len: 10,
+            offset: 40,
+            acked_at_ms: 0,
+            seen_at_ms: 1_000,
+        };
+        let mut o = FileOffsets::new(&[saved], Duration::from_secs(60));
+        let loaded = o.saved()[0].0;
+        assert_ne!(loaded & FileOffsets::LOADED, 0);
+        o.on_event(
+            FileEvent::Start {
+                file: file(2, 1),
+                offset: 0,
+            },
+            1_000,
+        );
+        o.acked(&file(2, 1), 120, 2_000);
+        // No scan reported yet: nothing ages, however old.
+        assert_eq!(o.checkpoint(10_000_000).len(), 2);
+        // A scan sees only the new file; the old one is kept for the grace period...
+        o.on_event(FileEvent::Seen(vec![1]), 50_000);
+        let list = o.checkpoint(50_000);
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            list.iter().find(|f| f.ino == 2).map(|f| f.offset),
+            Some(120)
+        );
+        // ...and forgotten after it.
+        let list = o.checkpoint(61_001);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].ino, 2);
+        // A file still being followed is never forgotten.
+        o.on_event(FileEvent::Seen(vec![1]), 500_000);
+        assert_eq!(o.checkpoint(500_000).len(), 1);
+    }
     use proptest::prelude::*;
 
     #[test]

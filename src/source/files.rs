@@ -358,6 +358,13 @@ impl Tailer {
 
     /// A known file found again by a scan: follow renames, reopen, check for truncation.
     fn rescan_tracked(&mut self, key: (u64, u64), path: PathBuf, meta: &std::fs::Metadata) {
+        let reopen = self
+            .files
+            .get(&key)
+            .is_some_and(|t| t.file.is_none() && meta.len() != t.lines.fed_offset());
+        if reopen && self.open_count() >= self.config.max_open_files {
+            self.evict_idle();
+        }
         let open = self.open_count();
         let max_open = self.config.max_open_files;
         let Some(t) = self.files.get_mut(&key) else {
@@ -1526,6 +1533,35 @@ mod tests {
                 self.ack(usize::MAX);
             }
         }
+    }
+
+    #[test]
+    fn open_files_are_bounded_and_every_file_is_read() {
+        let mut h = Harness::new(LineFormat::Raw);
+        h.config.max_open_files = 2;
+        h.tailer = Tailer::new(
+            "files",
+            h.config.clone(),
+            None,
+            Arc::new(Stats::new(["files"])),
+        );
+        let mut written = Vec::new();
+        for round in 0..3 {
+            for f in 0..5 {
+                let line = format!("f{f} r{round}");
+                h.append(&format!("f{f}.log"), format!("{line}\n").as_bytes());
+                written.push(line.into_bytes());
+            }
+            for _ in 0..8 {
+                h.scan();
+                h.step(usize::MAX);
+                assert!(h.tailer.open_count() <= 2, "at most max_open_files open");
+            }
+        }
+        written.sort();
+        let mut got = h.delivered.clone();
+        got.sort();
+        assert_eq!(got, written, "every line of every file, once");
     }
 
     #[derive(Debug, Clone)]
