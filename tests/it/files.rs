@@ -360,9 +360,10 @@ fn broker_down_nothing_advances_memory_bounded_then_everything_arrives() {
         max_rss / 1024
     );
     assert!(
-        max_rss < 120 * 1024,
+        max_rss < 48 * 1024,
         "RSS {max_rss} KiB: not bounded by the window"
     );
+    // 60 MB were written; a 4 MiB window keeps perapera far below that (measured: 19 MiB).
     mock.broker_up(1).unwrap();
     let (counts, _) = read_messages(&mock.bootstrap_servers(), 300_000, Duration::from_secs(120));
     assert_eq!(
