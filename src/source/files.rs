@@ -728,7 +728,7 @@ impl Tailer {
                     &mut self.pending,
                 );
             }
-            flush_join(&self.config, t, &mut self.pending);
+            flush_join(t, &mut self.pending);
         }
         let old_lines =
             std::mem::replace(&mut t.lines, LineReader::new(0, self.config.max_line_bytes));
@@ -838,7 +838,7 @@ impl Tailer {
                     if let Some(line) = t.lines.flush_partial() {
                         emit_line(&self.config, &self.name, &self.stats, t, line, out);
                     }
-                    flush_join(&self.config, t, out);
+                    flush_join(t, out);
                     if out.len() > before {
                         self.stats.note(&self.name, "partial_lines_shipped", 1);
                     }
@@ -998,7 +998,7 @@ fn emit_line(
     if line.part.is_some() {
         // A physical line longer than max_line_bytes cannot be parsed: ship its parts as
         // they are.
-        flush_join(config, t, out);
+        flush_join(t, out);
         stats.note(name, "unparsed", 1);
         let mut rec = make_record(
             t,
@@ -1056,7 +1056,7 @@ fn emit_line(
         }),
     };
     if let Err(e) = parsed {
-        flush_join(config, t, out);
+        flush_join(t, out);
         stats.note(name, "unparsed", 1);
         let mut rec = make_record(
             t,
@@ -1121,7 +1121,7 @@ fn piece(
 
 /// Ships unfinished pieces as they are (the last piece did not come in time, or an unparsable
 /// line follows).
-fn flush_join(_config: &FilesConfig, t: &mut Tracked, out: &mut Vec<Record>) {
+fn flush_join(t: &mut Tracked, out: &mut Vec<Record>) {
     if !t.join.active {
         return;
     }
@@ -1634,6 +1634,17 @@ mod tests {
             l
         }
 
+        /// The live file `f{file}.log`, its unfinished line finished, if it exists (the
+        /// rotations and the delete apply only then).
+        fn live(&mut self, h: &Harness, file: usize) -> Option<String> {
+            let name = format!("f{file}.log");
+            if !h.path(&name).exists() {
+                return None;
+            }
+            self.finish(h, file);
+            Some(name)
+        }
+
         /// Finishes the file's unfinished line (the writer completes it before anything else).
         fn finish(&mut self, h: &Harness, file: usize) {
             if let Some(rest) = self.unfinished.remove(&file) {
@@ -1677,11 +1688,9 @@ mod tests {
                     }
                 }
                 Op::Rename { file, late } => {
-                    let name = format!("f{file}.log");
-                    if !h.path(&name).exists() {
+                    let Some(name) = m.live(&h, file) else {
                         continue;
-                    }
-                    m.finish(&h, file);
+                    };
                     m.rotations += 1;
                     let rotated = format!("f{file}.log.{}", m.rotations);
                     std::fs::rename(h.path(&name), h.path(&rotated)).unwrap();
@@ -1696,11 +1705,9 @@ mod tests {
                     h.scan(); // inotify: IN_MOVED_FROM
                 }
                 Op::CopyTruncate { file, rng_scan } => {
-                    let name = format!("f{file}.log");
-                    if !h.path(&name).exists() {
+                    let Some(name) = m.live(&h, file) else {
                         continue;
-                    }
-                    m.finish(&h, file);
+                    };
                     if m.truncated_at.get(&file) == Some(&h.scans)
                         || h.looked.get(&file).copied().unwrap_or(0) == 0
                     {
@@ -1724,11 +1731,9 @@ mod tests {
                     }
                 }
                 Op::Delete { file } => {
-                    let name = format!("f{file}.log");
-                    if !h.path(&name).exists() {
+                    let Some(name) = m.live(&h, file) else {
                         continue;
-                    }
-                    m.finish(&h, file);
+                    };
                     std::fs::remove_file(h.path(&name)).unwrap();
                     let lines = m.by_path.remove(&name).unwrap_or_default();
                     m.deleted.extend(lines);

@@ -44,6 +44,21 @@ fn files_config(
     )
 }
 
+/// A temporary directory with `logs/` and a config shipping `logs/*.log` to `bootstrap`.
+fn logs_setup(bootstrap: &str, extra_top: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let path = files_config(
+        dir.path(),
+        &[format!("{}/*.log", logs.display())],
+        bootstrap,
+        "",
+        extra_top,
+    );
+    (dir, logs, path)
+}
+
 fn append(path: &Path, bytes: &[u8]) {
     let mut f = OpenOptions::new()
         .create(true)
@@ -93,16 +108,7 @@ fn write_lines(dir: &Path, files: usize, per_file: usize, pause_every: usize) {
 fn hundred_thousand_lines_from_fifty_files_reach_tansu() {
     let tansu = Tansu::start();
     tansu.create_topic("files", 3);
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
-    let path = files_config(
-        dir.path(),
-        &[format!("{}/*.log", logs.display())],
-        &tansu.bootstrap,
-        "",
-        "",
-    );
+    let (_dir, logs, path) = logs_setup(&tansu.bootstrap, "");
     let agent = Agent::start(&path);
     assert!(
         agent.wait_log("perapera is running", Duration::from_secs(10)),
@@ -150,16 +156,7 @@ fn hundred_thousand_lines_from_fifty_files_reach_tansu() {
 #[test]
 fn rotation_copytruncate_and_recreate_under_load_lose_nothing() {
     let mock = mock();
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
-    let path = files_config(
-        dir.path(),
-        &[format!("{}/*.log", logs.display())],
-        &mock.bootstrap_servers(),
-        "",
-        "",
-    );
+    let (_dir, logs, path) = logs_setup(&mock.bootstrap_servers(), "");
     let agent = Agent::start(&path);
     assert!(agent.wait_log("perapera is running", Duration::from_secs(10)));
     let stop = Arc::new(AtomicBool::new(false));
@@ -252,15 +249,9 @@ fn rotation_copytruncate_and_recreate_under_load_lose_nothing() {
 #[test]
 fn sigkill_ten_times_during_a_multi_file_run_loses_nothing() {
     let mock = mock();
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
     let window = 200;
-    let path = files_config(
-        dir.path(),
-        &[format!("{}/*.log", logs.display())],
+    let (dir, logs, path) = logs_setup(
         &mock.bootstrap_servers(),
-        "",
         &format!("[pipeline]\nmax_in_flight = {window}\n"),
     );
     let done = Arc::new(AtomicBool::new(false));
@@ -321,14 +312,8 @@ fn sigkill_ten_times_during_a_multi_file_run_loses_nothing() {
 fn broker_down_nothing_advances_memory_bounded_then_everything_arrives() {
     let mock = mock();
     mock.broker_down(1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
-    let path = files_config(
-        dir.path(),
-        &[format!("{}/*.log", logs.display())],
+    let (dir, logs, path) = logs_setup(
         &mock.bootstrap_servers(),
-        "",
         "[pipeline]\nmax_in_flight = 2000\nmax_in_flight_bytes = \"4MiB\"\n",
     );
     let agent = Agent::start(&path);
