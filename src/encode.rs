@@ -1,8 +1,9 @@
 //! Serialising a [`Record`] for the wire: MessagePack for Kafka, JSON lines for stdout.
 //!
-//! The Kafka value is exactly the record's field map (`rmp_serde` with named maps): text is
-//! msgpack `str`, bytes are msgpack `bin` (through `serde_bytes`, never an array of
-//! integers), integers stay integers and repeated fields are arrays. Consumers that already
+//! The Kafka value is exactly the record's field map, written with `rmp`'s encoders straight
+//! into the produce buffer: text is msgpack `str`, bytes are msgpack `bin` (never an array of
+//! integers), integers stay integers in their smallest form, repeated fields are arrays, and
+//! values a forward sender gave us (nested maps, floats, ...) are copied as they came. Consumers that already
 //! read fluentd's msgpack records (`record.to_msgpack`) read these unchanged.
 
 use base64::Engine as _;
@@ -11,43 +12,41 @@ use serde::{Serialize, Serializer};
 
 use crate::record::{Record, Value};
 
-/// The field map of a record, serialised as a msgpack / JSON map.
-struct Fields<'a>(&'a [(String, Value)]);
-
-impl Serialize for Fields<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            map.serialize_entry(name, &MsgpackValue(value))?;
+/// Writes one value as MessagePack: text `str`, bytes `bin`, integers in their smallest
+/// form, repeated fields as arrays, other values as they came.
+fn write_value(buf: &mut Vec<u8>, value: &Value) {
+    // Writing into a Vec cannot fail.
+    match value {
+        Value::Str(v) => {
+            let _ = rmp::encode::write_str(buf, v);
         }
-        map.end()
+        Value::Bin(v) => {
+            let _ = rmp::encode::write_bin(buf, v);
+        }
+        Value::UInt(v) => {
+            let _ = rmp::encode::write_uint(buf, *v);
+        }
+        Value::Array(items) => {
+            let _ = rmp::encode::write_array_len(buf, items.len() as u32);
+            items.iter().for_each(|i| write_value(buf, i));
+        }
+        Value::Msgpack(raw) => buf.extend_from_slice(raw),
     }
 }
 
-struct MsgpackValue<'a>(&'a Value);
-
-impl Serialize for MsgpackValue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Str(v) => s.serialize_str(v),
-            Value::Bin(v) => s.serialize_bytes(v),
-            Value::UInt(v) => s.serialize_u64(*v),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&MsgpackValue(item))?;
-                }
-                seq.end()
-            }
-        }
+/// Appends the fields as a MessagePack map to `buf`.
+pub fn fields_into(fields: &[(String, Value)], buf: &mut Vec<u8>) {
+    let _ = rmp::encode::write_map_len(buf, fields.len() as u32);
+    for (name, value) in fields {
+        let _ = rmp::encode::write_str(buf, name);
+        write_value(buf, value);
     }
 }
 
 /// Encodes the record's fields as a MessagePack map into `buf` (cleared first).
 pub fn msgpack_into(record: &Record, buf: &mut Vec<u8>) {
     buf.clear();
-    // Writing into a Vec cannot fail, and every value is representable in msgpack.
-    let _ = rmp_serde::encode::write_named(buf, &Fields(&record.fields));
+    fields_into(&record.fields, buf);
 }
 
 /// Encodes the record's fields as a MessagePack map.
@@ -80,6 +79,63 @@ impl Serialize for JsonValue<'_> {
                     seq.serialize_element(&JsonValue(item))?;
                 }
                 seq.end()
+            }
+            Value::Msgpack(raw) => match rmpv::decode::read_value(&mut raw.as_slice()) {
+                Ok(v) => JsonAny(&v).serialize(s),
+                Err(_) => JsonValue(&Value::Bin(raw.clone())).serialize(s),
+            },
+        }
+    }
+}
+
+/// Any MessagePack value as JSON: bytes (and text that is not UTF-8) as `{"$base64"}`, an
+/// ext as `{"$ext": type, "$base64": data}`, map keys that are not text as their JSON.
+struct JsonAny<'a>(&'a rmpv::Value);
+
+impl Serialize for JsonAny<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use rmpv::Value as V;
+        let base64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        match self.0 {
+            V::Nil => s.serialize_unit(),
+            V::Boolean(b) => s.serialize_bool(*b),
+            V::Integer(i) => match (i.as_u64(), i.as_i64()) {
+                (Some(u), _) => s.serialize_u64(u),
+                (None, Some(n)) => s.serialize_i64(n),
+                _ => s.serialize_unit(),
+            },
+            V::F32(f) => s.serialize_f32(*f),
+            V::F64(f) => s.serialize_f64(*f),
+            V::String(t) => match t.as_str() {
+                Some(t) => s.serialize_str(t),
+                None => JsonValue(&Value::Bin(t.as_bytes().to_vec())).serialize(s),
+            },
+            V::Binary(b) => JsonValue(&Value::Bin(b.clone())).serialize(s),
+            V::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&JsonAny(item))?;
+                }
+                seq.end()
+            }
+            V::Map(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    match k {
+                        V::String(t) => {
+                            map.serialize_key(&String::from_utf8_lossy(t.as_bytes()))?
+                        }
+                        other => map.serialize_key(&other.to_string())?,
+                    }
+                    map.serialize_value(&JsonAny(v))?;
+                }
+                map.end()
+            }
+            V::Ext(ty, data) => {
+                let mut map = s.serialize_map(Some(2))?;
+                map.serialize_entry("$ext", ty)?;
+                map.serialize_entry("$base64", &base64(data))?;
+                map.end()
             }
         }
     }

@@ -22,6 +22,10 @@ pub enum Value {
     UInt(u64),
     /// A field that occurred more than once, values in source order.
     Array(Vec<Value>),
+    /// Any other MessagePack value (a nested map, a negative integer, a float, a boolean,
+    /// nil, an ext), kept as its encoded bytes: forward senders' records pass through
+    /// unchanged.
+    Msgpack(Vec<u8>),
 }
 
 impl Value {
@@ -40,6 +44,7 @@ impl Value {
             Value::Bin(b) => b.len(),
             Value::UInt(_) => 8,
             Value::Array(items) => items.iter().map(Value::len).sum(),
+            Value::Msgpack(b) => b.len(),
         }
     }
 
@@ -60,6 +65,13 @@ impl Value {
                     first.render(out)
                 }
             }
+            Value::Msgpack(b) => match rmpv::decode::read_value(&mut b.as_slice()) {
+                Ok(rmpv::Value::Boolean(v)) => out.push_str(&v.to_string()),
+                Ok(rmpv::Value::Integer(v)) => out.push_str(&v.to_string()),
+                Ok(rmpv::Value::F32(v)) => out.push_str(&v.to_string()),
+                Ok(rmpv::Value::F64(v)) => out.push_str(&v.to_string()),
+                _ => {}
+            },
         }
     }
 }
@@ -182,7 +194,7 @@ impl Record {
                 s.truncate(cut);
             }
             Value::Bin(b) => b.truncate(keep),
-            Value::UInt(_) | Value::Array(_) => return false,
+            Value::UInt(_) | Value::Array(_) | Value::Msgpack(_) => return false,
         }
         true
     }
@@ -193,7 +205,7 @@ fn largest_value(fields: &mut [(String, Value)]) -> Option<&mut Value> {
     fn walk<'a>(v: &'a mut Value, best: &mut Option<&'a mut Value>) {
         match v {
             Value::Array(items) => items.iter_mut().for_each(|i| walk(i, best)),
-            Value::UInt(_) => {}
+            Value::UInt(_) | Value::Msgpack(_) => {}
             other => {
                 if best.as_ref().is_none_or(|b| b.len() < other.len()) {
                     *best = Some(other);

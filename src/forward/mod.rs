@@ -1,0 +1,907 @@
+//! The Fluentd Forward protocol v1, shared by the forward source (server side) and the forward
+//! sink (client side). Byte-level shapes and test vectors: `research/protocols.md` §A.
+//!
+//! - [`frame`] finds where one request ends in a byte stream (partial frames are normal).
+//! - [`decode_request`] turns one complete frame into a [`Request`]: Message, Forward,
+//!   PackedForward (`bin` or `str` entries), CompressedPackedForward (gzip, several members
+//!   allowed), integer or EventTime (ext type 0) times, the `size`/`chunk`/`compressed`
+//!   options, and `nil` heartbeats; [`decode_json`] does the same for JSON single events.
+//! - [`Request::encode`] writes any mode; the sink's hot path uses [`write_entry`] and
+//!   [`write_packed_forward`] directly.
+//! - [`ack`] / [`decode_ack`]: `{"ack": chunk}`, the chunk echoed byte for byte.
+//! - [`handshake`]: HELO / PING / PONG with the shared-key and password digests.
+
+pub mod frame;
+pub mod handshake;
+
+use std::io::{Read, Write};
+
+use crate::encode;
+use crate::record::Value;
+
+/// An event time: integer seconds, or EventTime (msgpack ext type 0: u32 seconds, u32
+/// nanoseconds, big-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Time {
+    /// Integer seconds since the epoch.
+    Seconds(u64),
+    /// EventTime.
+    Event {
+        /// Seconds since the epoch.
+        sec: u32,
+        /// Nanoseconds within the second.
+        nsec: u32,
+    },
+}
+
+impl Time {
+    /// EventTime for a time in nanoseconds since the epoch.
+    pub fn from_nanos(ns: u64) -> Time {
+        Time::Event {
+            sec: (ns / 1_000_000_000).min(u64::from(u32::MAX)) as u32,
+            nsec: (ns % 1_000_000_000) as u32,
+        }
+    }
+
+    /// Nanoseconds since the epoch.
+    pub fn nanos(self) -> u64 {
+        match self {
+            Time::Seconds(s) => s.saturating_mul(1_000_000_000),
+            Time::Event { sec, nsec } => u64::from(sec) * 1_000_000_000 + u64::from(nsec),
+        }
+    }
+
+    fn write(self, buf: &mut Vec<u8>) {
+        match self {
+            Time::Seconds(s) => {
+                let _ = rmp::encode::write_uint(buf, s);
+            }
+            Time::Event { sec, nsec } => {
+                buf.extend_from_slice(&[0xd7, 0x00]);
+                buf.extend_from_slice(&sec.to_be_bytes());
+                buf.extend_from_slice(&nsec.to_be_bytes());
+            }
+        }
+    }
+}
+
+/// One event: `[time, record]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// When it happened.
+    pub time: Time,
+    /// The record's fields in the sender's order.
+    pub record: Vec<(String, Value)>,
+}
+
+/// How a request carries its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `[tag, time, record, option?]`.
+    Message,
+    /// `[tag, [[time, record], ...], option?]`.
+    Forward,
+    /// `[tag, bin|str(concatenated entries), option?]`.
+    PackedForward,
+    /// `[tag, bin(gzip(concatenated entries)), {"compressed": "gzip", ...}]`.
+    CompressedPackedForward,
+}
+
+/// The option map (other keys are ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Number of events.
+    pub size: Option<u64>,
+    /// The chunk id (asks for an ack), as the sender encoded it.
+    pub chunk: Option<Chunk>,
+    /// `compressed` as sent (`gzip`, `text`).
+    pub compressed: Option<String>,
+}
+
+/// A chunk id as the MessagePack value the sender encoded (`str` or `bin`), so the ack
+/// echoes it byte for byte (fluentd's ids end in `\n`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk(pub Vec<u8>);
+
+impl Chunk {
+    /// A chunk id sent as msgpack `str`.
+    pub fn text(id: &str) -> Chunk {
+        let mut b = Vec::with_capacity(id.len() + 5);
+        let _ = rmp::encode::write_str(&mut b, id);
+        Chunk(b)
+    }
+
+    /// A new id: base64 of 16 random bytes (the spec's 128-bit unique id).
+    pub fn random() -> Chunk {
+        use base64::Engine as _;
+        Chunk::text(&base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>()))
+    }
+
+    /// The id's bytes (the content of the `str` or `bin`).
+    pub fn content(&self) -> &[u8] {
+        // Header length: what precedes the content.
+        let header = match self.0.first() {
+            Some(0xa0..=0xbf) => 1,
+            Some(0xd9 | 0xc4) => 2,
+            Some(0xda | 0xc5) => 3,
+            Some(0xdb | 0xc6) => 5,
+            _ => return &[],
+        };
+        self.0.get(header..).unwrap_or(&[])
+    }
+}
+
+/// Random bytes from the OS; a fallback from the clock and address space if it fails (ids
+/// and nonces must differ, they need not be secret beyond the handshake's nonce).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    if getrandom::fill(&mut b).is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for (i, chunk) in b.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            let v = h.finish().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    b
+}
+
+/// One request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The tag.
+    pub tag: String,
+    /// How the events were carried.
+    pub mode: Mode,
+    /// The events.
+    pub entries: Vec<Entry>,
+    /// The options.
+    pub options: Options,
+}
+
+/// Why a frame is not a request we accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not MessagePack (or not JSON on a JSON connection).
+    #[error("not a valid request: {0}")]
+    Syntax(String),
+    /// Valid MessagePack in the wrong shape.
+    #[error("{0}")]
+    Shape(String),
+    /// `compressed` names something other than gzip or text.
+    #[error("unsupported compression {0:?} (only \"gzip\" is supported)")]
+    Compression(String),
+    /// The gzip data is corrupt.
+    #[error("corrupt gzip entries: {0}")]
+    Gzip(String),
+    /// The decompressed entries exceed the limit.
+    #[error("decompressed entries exceed the limit of {0} bytes (max_request_bytes)")]
+    TooLarge(usize),
+}
+
+fn shape(what: &str, expected: &str, got: &rmpv::Value) -> DecodeError {
+    DecodeError::Shape(format!("{what} must be {expected}, got {}", kind(got)))
+}
+
+fn kind(v: &rmpv::Value) -> &'static str {
+    use rmpv::Value as V;
+    match v {
+        V::Nil => "nil",
+        V::Boolean(_) => "a boolean",
+        V::Integer(_) => "an integer",
+        V::F32(_) | V::F64(_) => "a float",
+        V::String(_) => "a string",
+        V::Binary(_) => "binary",
+        V::Array(_) => "an array",
+        V::Map(_) => "a map",
+        V::Ext(..) => "an ext value",
+    }
+}
+
+/// Decodes one complete frame (as delimited by [`frame::scan`]). `Ok(None)` is a `nil`
+/// heartbeat. `max_bytes` bounds decompressed entries.
+pub fn decode_request(frame: &[u8], max_bytes: usize) -> Result<Option<Request>, DecodeError> {
+    let value = rmpv::decode::read_value_with_max_depth(&mut &frame[..], frame::MAX_DEPTH)
+        .map_err(|e| DecodeError::Syntax(e.to_string()))?;
+    interpret(value, max_bytes)
+}
+
+/// Decodes one JSON request (`[tag, time, record, option?]` or the Forward mode array), as
+/// fluentd's `in_forward` accepts on connections whose first byte is `[` or `{`.
+pub fn decode_json(
+    value: serde_json::Value,
+    max_bytes: usize,
+) -> Result<Option<Request>, DecodeError> {
+    interpret(json_to_msgpack(value), max_bytes)
+}
+
+fn json_to_msgpack(v: serde_json::Value) -> rmpv::Value {
+    use rmpv::Value as V;
+    use serde_json::Value as J;
+    match v {
+        J::Null => V::Nil,
+        J::Bool(b) => V::Boolean(b),
+        J::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => V::from(u),
+            (None, Some(i), _) => V::from(i),
+            (_, _, Some(f)) => V::F64(f),
+            _ => V::Nil,
+        },
+        J::String(s) => V::from(s),
+        J::Array(items) => V::Array(items.into_iter().map(json_to_msgpack).collect()),
+        J::Object(map) => V::Map(
+            map.into_iter()
+                .map(|(k, v)| (V::from(k), json_to_msgpack(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn interpret(value: rmpv::Value, max_bytes: usize) -> Result<Option<Request>, DecodeError> {
+    use rmpv::Value as V;
+    let items = match value {
+        V::Nil => return Ok(None),
+        V::Array(items) => items,
+        other => return Err(shape("a request", "an array (or nil)", &other)),
+    };
+    if !(2..=4).contains(&items.len()) {
+        return Err(DecodeError::Shape(format!(
+            "a request must be an array of 2 to 4 elements, got {}",
+            items.len()
+        )));
+    }
+    let mut items = items.into_iter();
+    let tag = match items.next() {
+        Some(V::String(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(other) => return Err(shape("element 1 (tag)", "a string", &other)),
+        None => unreachable!("length checked"),
+    };
+    let second = items.next().unwrap_or(V::Nil);
+    let rest: Vec<V> = items.collect();
+    let message = matches!(second, V::Integer(_) | V::Ext(..) | V::F32(_) | V::F64(_));
+    let (option_value, record) = if message {
+        let mut rest = rest.into_iter();
+        let record = rest
+            .next()
+            .ok_or_else(|| DecodeError::Shape("a Message-mode request needs a record".into()))?;
+        (rest.next(), Some(record))
+    } else {
+        if rest.len() > 1 {
+            return Err(DecodeError::Shape(format!(
+                "a Forward or PackedForward request has 2 or 3 elements, got {}",
+                rest.len() + 2
+            )));
+        }
+        (rest.into_iter().next(), None)
+    };
+    let options = match option_value {
+        None | Some(V::Nil) => Options::default(),
+        Some(V::Map(m)) => options(m)?,
+        Some(other) => return Err(shape("the option element", "a map", &other)),
+    };
+    let (mode, entries) = if let Some(record) = record {
+        let entry = Entry {
+            time: time(second, "element 2 (time)")?,
+            record: fields(record, "element 3 (record)")?,
+        };
+        (Mode::Message, vec![entry])
+    } else {
+        match second {
+            V::Array(events) => {
+                let entries = events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| entry(e, i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (Mode::Forward, entries)
+            }
+            V::Binary(bytes) => packed(bytes, &options, max_bytes)?,
+            V::String(s) => packed(s.into_bytes(), &options, max_bytes)?,
+            other => {
+                return Err(shape(
+                    "element 2",
+                    "a time (Message), an array (Forward) or bin/str (PackedForward)",
+                    &other,
+                ))
+            }
+        }
+    };
+    Ok(Some(Request {
+        tag,
+        mode,
+        entries,
+        options,
+    }))
+}
+
+fn packed(
+    bytes: Vec<u8>,
+    options: &Options,
+    max_bytes: usize,
+) -> Result<(Mode, Vec<Entry>), DecodeError> {
+    let (mode, stream) = match options.compressed.as_deref() {
+        None | Some("text") => (Mode::PackedForward, bytes),
+        Some("gzip") => {
+            let mut out = Vec::new();
+            let read = flate2::read::MultiGzDecoder::new(bytes.as_slice())
+                .take(max_bytes as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| DecodeError::Gzip(e.to_string()))?;
+            if read > max_bytes {
+                return Err(DecodeError::TooLarge(max_bytes));
+            }
+            (Mode::CompressedPackedForward, out)
+        }
+        Some(other) => return Err(DecodeError::Compression(other.to_string())),
+    };
+    let mut entries = Vec::new();
+    let mut rd = stream.as_slice();
+    while !rd.is_empty() {
+        let index = entries.len();
+        let value = rmpv::decode::read_value_with_max_depth(&mut rd, frame::MAX_DEPTH)
+            .map_err(|e| DecodeError::Syntax(format!("packed entry {index}: {e}")))?;
+        entries.push(entry(value, index)?);
+    }
+    Ok((mode, entries))
+}
+
+fn options(map: Vec<(rmpv::Value, rmpv::Value)>) -> Result<Options, DecodeError> {
+    use rmpv::Value as V;
+    let mut o = Options::default();
+    for (k, v) in map {
+        match (k.as_str(), v) {
+            (Some("size"), V::Integer(n)) => o.size = n.as_u64(),
+            (Some("size"), other) => return Err(shape("option size", "an integer", &other)),
+            (Some("chunk"), v @ (V::String(_) | V::Binary(_))) => {
+                let mut raw = Vec::new();
+                let _ = rmpv::encode::write_value(&mut raw, &v);
+                o.chunk = Some(Chunk(raw));
+            }
+            (Some("chunk"), other) => return Err(shape("option chunk", "a string", &other)),
+            (Some("compressed"), V::String(s)) => {
+                o.compressed = Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            (Some("compressed"), other) => {
+                return Err(shape("option compressed", "a string", &other))
+            }
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+fn entry(value: rmpv::Value, index: usize) -> Result<Entry, DecodeError> {
+    let what = format!("entry {index}");
+    match value {
+        rmpv::Value::Array(pair) if pair.len() == 2 => {
+            let mut pair = pair.into_iter();
+            let (Some(t), Some(r)) = (pair.next(), pair.next()) else {
+                unreachable!("length checked")
+            };
+            Ok(Entry {
+                time: time(t, &format!("{what} time"))?,
+                record: fields(r, &format!("{what} record"))?,
+            })
+        }
+        other => Err(shape(&what, "an array [time, record]", &other)),
+    }
+}
+
+fn time(value: rmpv::Value, what: &str) -> Result<Time, DecodeError> {
+    use rmpv::Value as V;
+    match value {
+        V::Integer(n) => n
+            .as_u64()
+            .map(Time::Seconds)
+            .ok_or_else(|| DecodeError::Shape(format!("{what} must not be negative"))),
+        V::Ext(0, data) if data.len() == 8 => Ok(Time::Event {
+            sec: u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
+            nsec: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+        }),
+        V::F64(f) if (0.0..4_294_967_296.0).contains(&f) => Ok(float_time(f)),
+        V::F32(f) if f >= 0.0 => Ok(float_time(f64::from(f))),
+        other => Err(shape(
+            what,
+            "an integer or an EventTime (ext type 0, 8 bytes)",
+            &other,
+        )),
+    }
+}
+
+fn float_time(f: f64) -> Time {
+    let sec = f.trunc();
+    Time::Event {
+        sec: sec as u32,
+        nsec: (((f - sec) * 1e9) as u32).min(999_999_999),
+    }
+}
+
+/// A record map as fields: text that is UTF-8 → `Str`, other text and bytes → `Bin`,
+/// non-negative integers → `UInt`, anything else kept as encoded MessagePack.
+fn fields(value: rmpv::Value, what: &str) -> Result<Vec<(String, Value)>, DecodeError> {
+    use rmpv::Value as V;
+    let map = match value {
+        V::Map(m) => m,
+        other => return Err(shape(what, "a map", &other)),
+    };
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let name = match k {
+                V::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => other.to_string(),
+            };
+            let value = match v {
+                V::String(s) => Value::from_bytes(s.into_bytes()),
+                V::Binary(b) => Value::Bin(b),
+                V::Integer(n) if n.as_u64().is_some() => Value::UInt(n.as_u64().unwrap_or(0)),
+                other => {
+                    let mut raw = Vec::new();
+                    let _ = rmpv::encode::write_value(&mut raw, &other);
+                    Value::Msgpack(raw)
+                }
+            };
+            (name, value)
+        })
+        .collect())
+}
+
+/// Appends one `[time, record]` entry.
+pub fn write_entry(buf: &mut Vec<u8>, time: Time, record: &[(String, Value)]) {
+    buf.push(0x92);
+    time.write(buf);
+    encode::fields_into(record, buf);
+}
+
+fn write_options(buf: &mut Vec<u8>, size: Option<u64>, chunk: Option<&Chunk>, gzip: bool) {
+    let n = u32::from(size.is_some()) + u32::from(chunk.is_some()) + u32::from(gzip);
+    let _ = rmp::encode::write_map_len(buf, n);
+    if let Some(size) = size {
+        let _ = rmp::encode::write_str(buf, "size");
+        let _ = rmp::encode::write_uint(buf, size);
+    }
+    if let Some(chunk) = chunk {
+        let _ = rmp::encode::write_str(buf, "chunk");
+        buf.extend_from_slice(&chunk.0);
+    }
+    if gzip {
+        let _ = rmp::encode::write_str(buf, "compressed");
+        let _ = rmp::encode::write_str(buf, "gzip");
+    }
+}
+
+/// Appends a PackedForward request (`bin` entries; gzip-compressed when `gzip`) with
+/// `size` and `chunk` options.
+pub fn write_packed_forward(
+    buf: &mut Vec<u8>,
+    tag: &str,
+    entries: &[u8],
+    count: u64,
+    chunk: &Chunk,
+    gzip: bool,
+) {
+    buf.push(0x93);
+    let _ = rmp::encode::write_str(buf, tag);
+    if gzip {
+        let compressed = gzip_bytes(entries);
+        let _ = rmp::encode::write_bin(buf, &compressed);
+    } else {
+        let _ = rmp::encode::write_bin(buf, entries);
+    }
+    write_options(buf, Some(count), Some(chunk), gzip);
+}
+
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+impl Request {
+    /// Encodes the request in its mode. The option element is written when any option is
+    /// set (always for CompressedPackedForward, which needs `compressed`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let gzip = self.mode == Mode::CompressedPackedForward;
+        let o = &self.options;
+        let has_options = o.size.is_some() || o.chunk.is_some() || gzip;
+        let base = if self.mode == Mode::Message { 3 } else { 2 };
+        let _ = rmp::encode::write_array_len(&mut buf, base + u32::from(has_options));
+        let _ = rmp::encode::write_str(&mut buf, &self.tag);
+        match self.mode {
+            Mode::Message => {
+                if let Some(e) = self.entries.first() {
+                    e.time.write(&mut buf);
+                    encode::fields_into(&e.record, &mut buf);
+                }
+            }
+            Mode::Forward => {
+                let _ = rmp::encode::write_array_len(&mut buf, self.entries.len() as u32);
+                for e in &self.entries {
+                    write_entry(&mut buf, e.time, &e.record);
+                }
+            }
+            Mode::PackedForward | Mode::CompressedPackedForward => {
+                let mut stream = Vec::new();
+                for e in &self.entries {
+                    write_entry(&mut stream, e.time, &e.record);
+                }
+                let stream = if gzip { gzip_bytes(&stream) } else { stream };
+                let _ = rmp::encode::write_bin(&mut buf, &stream);
+            }
+        }
+        if has_options {
+            write_options(&mut buf, o.size, o.chunk.as_ref(), gzip);
+        }
+        buf
+    }
+}
+
+/// The ack for a chunk: `{"ack": chunk}` in MessagePack, the chunk echoed as received.
+pub fn ack(chunk: &Chunk) -> Vec<u8> {
+    let mut b = Vec::with_capacity(chunk.0.len() + 5);
+    b.extend_from_slice(&[0x81, 0xa3, b'a', b'c', b'k']);
+    b.extend_from_slice(&chunk.0);
+    b
+}
+
+/// The ack for a chunk on a JSON connection: `{"ack":"..."}`.
+pub fn ack_json(chunk: &Chunk) -> Vec<u8> {
+    let id = String::from_utf8_lossy(chunk.content()).into_owned();
+    serde_json::json!({ "ack": id }).to_string().into_bytes()
+}
+
+/// A server's response to a request with a chunk: `Ok(Some(id bytes))` for `{"ack": id}`,
+/// `Ok(None)` for a map without `ack` (Vector's negative ack `{}`).
+pub fn decode_ack(frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+    use rmpv::Value as V;
+    let value = rmpv::decode::read_value(&mut &frame[..])
+        .map_err(|e| DecodeError::Syntax(e.to_string()))?;
+    let V::Map(map) = value else {
+        return Err(shape("a response", "a map", &value));
+    };
+    for (k, v) in map {
+        if k.as_str() == Some("ack") {
+            return match v {
+                V::String(s) => Ok(Some(s.into_bytes())),
+                V::Binary(b) => Ok(Some(b)),
+                other => Err(shape("ack", "a string", &other)),
+            };
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn vector_entries() -> Vec<Entry> {
+        vec![
+            Entry {
+                time: Time::Event {
+                    sec: 1_700_000_000,
+                    nsec: 123_456_789,
+                },
+                record: vec![("message".into(), Value::Str("hello".into()))],
+            },
+            Entry {
+                time: Time::Event {
+                    sec: 1_700_000_001,
+                    nsec: 0,
+                },
+                record: vec![("message".into(), Value::Str("world".into()))],
+            },
+        ]
+    }
+
+    const PACKED: &str = "93a76170702e6c6f67c43492d7006553f100075bcd1581a76d657373616765a568656c6c6f92d7006553f1010000000081a76d657373616765a5776f726c6482a473697a6502a56368756e6bb841414543417751464267634943516f4c4441304f44773d3d";
+    const CHUNK: &str = "AAECAwQFBgcICQoLDA0ODw==";
+
+    #[test]
+    fn packed_forward_vector_encodes_and_decodes_exactly() {
+        let bytes = hex(PACKED);
+        assert_eq!(bytes.len(), 101);
+        let req = Request {
+            tag: "app.log".into(),
+            mode: Mode::PackedForward,
+            entries: vector_entries(),
+            options: Options {
+                size: Some(2),
+                chunk: Some(Chunk::text(CHUNK)),
+                compressed: None,
+            },
+        };
+        assert_eq!(req.encode(), bytes);
+        assert_eq!(decode_request(&bytes, 1 << 20), Ok(Some(req.clone())));
+        // The sink's path writes the same bytes.
+        let mut stream = Vec::new();
+        for e in &req.entries {
+            write_entry(&mut stream, e.time, &e.record);
+        }
+        assert_eq!(stream.len(), 52);
+        let mut buf = Vec::new();
+        write_packed_forward(&mut buf, "app.log", &stream, 2, &Chunk::text(CHUNK), false);
+        assert_eq!(buf, bytes);
+        assert_eq!(
+            ack(&Chunk::text(CHUNK)),
+            hex("81a361636bb841414543417751464267634943516f4c4441304f44773d3d")
+        );
+        assert_eq!(
+            decode_ack(&ack(&Chunk::text(CHUNK))),
+            Ok(Some(CHUNK.as_bytes().to_vec()))
+        );
+        assert_eq!(decode_ack(&[0x80]), Ok(None));
+    }
+
+    #[test]
+    fn message_and_forward_vectors() {
+        let chunk = hex("b841414543417751464267634943516f4c4441304f44773d3d");
+        let entry1 = "92d7006553f100075bcd1581a76d657373616765a568656c6c6f";
+        let entry2 = "92d7006553f1010000000081a76d657373616765a5776f726c64";
+        let message = [
+            hex("94a76170702e6c6f67d7006553f100075bcd1581a76d657373616765a568656c6c6f81a56368756e6b"),
+            chunk.clone(),
+        ]
+        .concat();
+        let req = decode_request(&message, 1 << 20).unwrap().unwrap();
+        assert_eq!(req.mode, Mode::Message);
+        assert_eq!(req.entries, vector_entries()[..1]);
+        assert_eq!(req.options.chunk, Some(Chunk(chunk.clone())));
+        assert_eq!(req.encode(), message);
+        let forward = [
+            hex("93a76170702e6c6f6792"),
+            hex(entry1),
+            hex(entry2),
+            hex("82a473697a6502a56368756e6b"),
+            chunk,
+        ]
+        .concat();
+        let req = decode_request(&forward, 1 << 20).unwrap().unwrap();
+        assert_eq!(req.mode, Mode::Forward);
+        assert_eq!(req.entries, vector_entries());
+        assert_eq!(req.encode(), forward);
+    }
+
+    #[test]
+    fn fluentd_style_and_compressed_vectors_decode() {
+        let fluentd = hex(concat!(
+            "93a76170702e6c6f67db00000034",
+            "92d7006553f100075bcd1581a76d657373616765a568656c6c6f",
+            "92d7006553f1010000000081a76d657373616765a5776f726c64",
+            "83a473697a6502aa636f6d70726573736564a474657874",
+            "a56368756e6bb941414543417751464267634943516f4c4441304f44773d3d0a"
+        ));
+        let req = decode_request(&fluentd, 1 << 20).unwrap().unwrap();
+        assert_eq!(req.mode, Mode::PackedForward);
+        assert_eq!(req.entries, vector_entries());
+        let chunk = req.options.chunk.unwrap();
+        assert_eq!(chunk.content(), b"AAECAwQFBgcICQoLDA0ODw==\n");
+        // The ack echoes the trailing newline.
+        assert_eq!(
+            ack(&chunk)[5..],
+            hex("b941414543417751464267634943516f4c4441304f44773d3d0a")[..]
+        );
+        let compressed = hex(concat!(
+            "93 a7 61 70 70 2e 6c 6f 67 c4 3c 1f 8b 08 00 00 00 00 00 00 03 9b 74 9d 21 35 f8 23",
+            "03 7b f4 59 d1 c6 e5 b9 a9 c5 c5 89 e9 a9 4b 33 52 73 72 f2 27 81 65 18 19 80 00 21",
+            "53 9e 5f 94 93 02 00 44 88 65 b9 34 00 00 00 82 a4 73 69 7a 65 02 aa 63 6f 6d 70 72",
+            "65 73 73 65 64 a4 67 7a 69 70"
+        ));
+        let req = decode_request(&compressed, 1 << 20).unwrap().unwrap();
+        assert_eq!(req.mode, Mode::CompressedPackedForward);
+        assert_eq!(req.entries, vector_entries());
+        assert_eq!(req.options.size, Some(2));
+    }
+
+    #[test]
+    fn every_mode_round_trips_and_gzip_may_have_several_members() {
+        let req = Request {
+            tag: "a".into(),
+            mode: Mode::CompressedPackedForward,
+            entries: vector_entries(),
+            options: Options {
+                size: Some(2),
+                chunk: None,
+                compressed: Some("gzip".into()),
+            },
+        };
+        let bytes = req.encode();
+        assert_eq!(decode_request(&bytes, 1 << 20), Ok(Some(req.clone())));
+        // Two gzip members, one entry each.
+        let mut e1 = Vec::new();
+        write_entry(&mut e1, req.entries[0].time, &req.entries[0].record);
+        let mut e2 = Vec::new();
+        write_entry(&mut e2, req.entries[1].time, &req.entries[1].record);
+        let members = [gzip_bytes(&e1), gzip_bytes(&e2)].concat();
+        let mut buf = vec![0x93];
+        rmp::encode::write_str(&mut buf, "a").unwrap();
+        rmp::encode::write_bin(&mut buf, &members).unwrap();
+        write_options(&mut buf, Some(2), None, true);
+        assert_eq!(decode_request(&buf, 1 << 20), Ok(Some(req)));
+        // A bomb: decompressed beyond the limit.
+        let big = gzip_bytes(&vec![0xc0; 1 << 20]);
+        let mut buf = vec![0x93];
+        rmp::encode::write_str(&mut buf, "a").unwrap();
+        rmp::encode::write_bin(&mut buf, &big).unwrap();
+        write_options(&mut buf, None, None, true);
+        assert_eq!(decode_request(&buf, 1000), Err(DecodeError::TooLarge(1000)));
+    }
+
+    #[test]
+    fn wrong_shapes_are_named() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                vec![0x01],
+                "a request must be an array (or nil), got an integer",
+            ),
+            (vec![0x91, 0xa1, b't'], "array of 2 to 4 elements, got 1"),
+            (
+                vec![0x92, 0x01, 0x90],
+                "element 1 (tag) must be a string, got an integer",
+            ),
+            (
+                vec![0x93, 0xa1, b't', 0x01, 0x90],
+                "element 3 (record) must be a map, got an array",
+            ),
+            (vec![0x92, 0xa1, b't', 0xc3], "element 2 must be"),
+            (
+                vec![0x92, 0xa1, b't', 0x91, 0x01],
+                "entry 0 must be an array [time, record]",
+            ),
+            (
+                vec![0x92, 0xa1, b't', 0x91, 0x92, 0xa1, b'x', 0x80],
+                "entry 0 time must be",
+            ),
+            (
+                vec![0x93, 0xa1, b't', 0x90, 0x01],
+                "the option element must be a map",
+            ),
+            (
+                vec![
+                    0x93, 0xa1, b't', 0x90, 0x81, 0xa4, b's', b'i', b'z', b'e', 0xa1, b'x',
+                ],
+                "option size must be an integer",
+            ),
+            (
+                vec![0x93, 0xa1, b't', 0xff, 0x80],
+                "element 2 (time) must not be negative",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = decode_request(&bytes, 1 << 20).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bytes:02x?}: {err}");
+        }
+        let mut unknown = vec![0x93];
+        rmp::encode::write_str(&mut unknown, "t").unwrap();
+        rmp::encode::write_bin(&mut unknown, &[1, 2, 3]).unwrap();
+        rmp::encode::write_map_len(&mut unknown, 1).unwrap();
+        rmp::encode::write_str(&mut unknown, "compressed").unwrap();
+        rmp::encode::write_str(&mut unknown, "zstd").unwrap();
+        assert_eq!(
+            decode_request(&unknown, 1 << 20),
+            Err(DecodeError::Compression("zstd".into()))
+        );
+        assert_eq!(decode_request(&[0xc0], 10), Ok(None));
+    }
+
+    #[test]
+    fn json_single_events() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"["app", 1700000000.5, {"a": "b", "n": -1}, {"chunk": "xyz"}]"#)
+                .unwrap();
+        let req = decode_json(v, 1 << 20).unwrap().unwrap();
+        assert_eq!(req.tag, "app");
+        assert_eq!(
+            req.entries[0].time,
+            Time::Event {
+                sec: 1_700_000_000,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!(
+            req.entries[0].record[0],
+            ("a".into(), Value::Str("b".into()))
+        );
+        assert_eq!(
+            req.entries[0].record[1],
+            ("n".into(), Value::Msgpack(vec![0xff]))
+        );
+        assert_eq!(
+            ack_json(req.options.chunk.as_ref().unwrap()),
+            br#"{"ack":"xyz"}"#
+        );
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            ".{0,20}".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_filter("not UTF-8", |b| std::str::from_utf8(b).is_err())
+                .prop_map(Value::Bin),
+            any::<u64>().prop_map(Value::UInt),
+            (i64::MIN..0).prop_map(|n| {
+                let mut b = Vec::new();
+                rmp::encode::write_sint(&mut b, n).unwrap();
+                Value::Msgpack(b)
+            }),
+            any::<bool>().prop_map(|x| Value::Msgpack(vec![if x { 0xc3 } else { 0xc2 }])),
+            Just(Value::Msgpack(vec![0xc0])),
+            (".{0,5}", ".{0,5}").prop_map(|(k, v)| {
+                let mut b = Vec::new();
+                rmp::encode::write_map_len(&mut b, 1).unwrap();
+                rmp::encode::write_str(&mut b, &k).unwrap();
+                rmp::encode::write_str(&mut b, &v).unwrap();
+                Value::Msgpack(b)
+            }),
+        ]
+    }
+
+    fn entry_strategy() -> impl Strategy<Value = Entry> {
+        (
+            prop_oneof![
+                any::<u64>().prop_map(Time::Seconds),
+                (any::<u32>(), 0u32..1_000_000_000)
+                    .prop_map(|(sec, nsec)| Time::Event { sec, nsec }),
+            ],
+            proptest::collection::vec(("[a-z_.]{1,8}", value()), 0..6),
+        )
+            .prop_map(|(time, mut record)| {
+                record.sort_by(|a, b| a.0.cmp(&b.0));
+                record.dedup_by(|a, b| a.0 == b.0);
+                Entry { time, record }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_every_mode(
+            tag in ".{0,12}",
+            mode in prop_oneof![Just(Mode::Message), Just(Mode::Forward), Just(Mode::PackedForward), Just(Mode::CompressedPackedForward)],
+            entries in proptest::collection::vec(entry_strategy(), 1..8),
+            size in proptest::option::of(any::<u64>()),
+            chunk in proptest::option::of("[A-Za-z0-9+/=\n]{1,30}"),
+        ) {
+            let entries = if mode == Mode::Message { entries[..1].to_vec() } else { entries };
+            let req = Request {
+                tag,
+                mode,
+                entries,
+                options: Options {
+                    size,
+                    chunk: chunk.as_deref().map(Chunk::text),
+                    compressed: (mode == Mode::CompressedPackedForward).then(|| "gzip".to_string()),
+                },
+            };
+            let bytes = req.encode();
+            prop_assert_eq!(frame::scan(&bytes, 1 << 20), Ok(frame::Scan::Complete(bytes.len())));
+            prop_assert_eq!(decode_request(&bytes, 1 << 20), Ok(Some(req)));
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(frame::Scan::Complete(n)) = frame::scan(&bytes, 1 << 16) {
+                let _ = decode_request(&bytes[..n], 1 << 16);
+            }
+        }
+    }
+}
