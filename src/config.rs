@@ -66,6 +66,102 @@ pub enum SourceKind {
     Journal(JournalConfig),
     /// Log files (including Kubernetes pod logs).
     Files(FilesConfig),
+    /// A Fluentd Forward protocol listener (aggregator mode).
+    Forward(ForwardSourceConfig),
+}
+
+/// TLS for the forward listener: our certificate, optionally clients' CA (then clients must
+/// present a certificate it signed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS for the forward sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM CA bundle the server's certificate must chain to (e.g.
+    /// /etc/ssl/certs/ca-certificates.crt).
+    pub ca: PathBuf,
+    /// PEM client certificate chain and key, for servers that require one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Name to verify in the server's certificate (default: the host of the server address).
+    pub server_name: Option<String>,
+}
+
+/// The shared-key handshake settings (both sides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The shared key.
+    pub key: String,
+    /// Our hostname in the handshake (must differ from the peer's for fluentd).
+    pub self_hostname: String,
+}
+
+/// `type = "forward"` source.
+#[derive(Debug, Clone)]
+pub struct ForwardSourceConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// TLS, if set.
+    pub tls: Option<ServerTls>,
+    /// Shared-key handshake, if set.
+    pub shared_key: Option<SharedKey>,
+    /// Users (name, password) allowed when set; requires `shared_key`.
+    pub users: Vec<(String, String)>,
+    /// Largest request accepted (as sent, and its decompressed entries).
+    pub max_request_bytes: usize,
+    /// At most this many connections; at the limit the longest-idle connection without
+    /// unacknowledged requests is closed for a new one.
+    pub max_connections: usize,
+    /// Connections silent this long (with nothing awaiting an ack) are closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ForwardSourceConfig {
+    fn default() -> Self {
+        ForwardSourceConfig {
+            listen: "127.0.0.1:24224".into(),
+            tls: None,
+            shared_key: None,
+            users: Vec::new(),
+            max_request_bytes: 16 << 20,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `type = "forward"` sink.
+#[derive(Debug, Clone)]
+pub struct ForwardSinkConfig {
+    /// `host:port` of each aggregator, in failover order.
+    pub servers: Vec<String>,
+    /// Tag template.
+    pub tag: Template,
+    /// TLS, if set.
+    pub tls: Option<ClientTls>,
+    /// Shared-key handshake, if set.
+    pub shared_key: Option<SharedKey>,
+    /// User name and password for servers that require user authentication.
+    pub user: Option<(String, String)>,
+    /// gzip the entries (CompressedPackedForward).
+    pub gzip: bool,
+    /// A chunk not acknowledged within this time is sent again (on a new connection).
+    pub ack_timeout: Duration,
+    /// Connecting (TCP, TLS and handshake) gives up after this.
+    pub connect_timeout: Duration,
+    /// At most this many entries per chunk.
+    pub max_chunk_entries: usize,
+    /// At most about this many bytes per chunk (a larger single entry goes alone).
+    pub max_chunk_bytes: usize,
+    /// Chunks sent and not yet acknowledged on one connection.
+    pub max_pending_chunks: usize,
 }
 
 /// How the lines of a file are parsed.
@@ -180,6 +276,8 @@ pub enum SinkConfig {
     Stdout,
     /// Apache Kafka.
     Kafka(KafkaConfig),
+    /// A Fluentd Forward protocol aggregator.
+    Forward(ForwardSinkConfig),
 }
 
 /// What to do with an entry Kafka can never accept (too large, invalid).
@@ -271,6 +369,7 @@ struct RawPipeline {
 enum SourceType {
     Journal,
     Files,
+    Forward,
 }
 
 /// `start_at`: `head`/`tail` for the journal, `beginning`/`end` for files.
@@ -304,6 +403,31 @@ struct RawSource {
     max_open_files: Option<u32>,
     forget_after: Option<HumanDuration>,
     fields: Option<BTreeMap<String, String>>,
+    listen: Option<String>,
+    tls: Option<RawTls>,
+    shared_key: Option<String>,
+    self_hostname: Option<String>,
+    users: Option<Vec<RawUser>>,
+    max_request_bytes: Option<ByteSize>,
+    max_connections: Option<u32>,
+    idle_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password: String,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -311,6 +435,7 @@ struct RawSource {
 enum SinkType {
     Kafka,
     Stdout,
+    Forward,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +449,19 @@ struct RawSink {
     oversize: Option<RawOversize>,
     dead_letter_topic: Option<String>,
     librdkafka: Option<BTreeMap<String, toml::Value>>,
+    servers: Option<Vec<String>>,
+    tag: Option<Template>,
+    tls: Option<RawTls>,
+    shared_key: Option<String>,
+    self_hostname: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    compress: Option<String>,
+    ack_timeout: Option<HumanDuration>,
+    connect_timeout: Option<HumanDuration>,
+    max_chunk_entries: Option<u32>,
+    max_chunk_bytes: Option<ByteSize>,
+    max_pending_chunks: Option<u32>,
 }
 
 /// A duration written as `"1s"`, `"250ms"`, `"2m"`, `"1h"`.
@@ -606,7 +744,9 @@ impl Config {
         if raw.source.is_empty() {
             return Err(invalid(
                 "[[source]]",
-                "no source configured: add at least one [[source]] with type = \"journal\"".into(),
+                "no source configured: add at least one [[source]] with type = \"journal\", \
+                 \"files\" or \"forward\""
+                    .into(),
             ));
         }
         let mut sources: Vec<SourceConfig> = Vec::new();
@@ -614,6 +754,7 @@ impl Config {
             let default_name = match s.kind {
                 SourceType::Journal => "journal",
                 SourceType::Files => "files",
+                SourceType::Forward => "forward",
             };
             let name = s.name.clone().unwrap_or_else(|| default_name.to_string());
             let key = format!("[[source]] #{} name", i + 1);
@@ -636,34 +777,22 @@ impl Config {
             let kind = match s.kind {
                 SourceType::Journal => journal_source(s, &here, &invalid)?,
                 SourceType::Files => files_source(s, &here, &invalid)?,
+                SourceType::Forward => forward_source(s, &here, &invalid)?,
             };
             sources.push(SourceConfig { name, kind });
         }
         let Some(sink) = raw.sink else {
             return Err(invalid(
                 "[sink]",
-                "no sink configured: add [sink] with type = \"kafka\" or \"stdout\"".into(),
+                "no sink configured: add [sink] with type = \"kafka\", \"forward\" or \"stdout\""
+                    .into(),
             ));
         };
+        sink_keys(&sink, &invalid)?;
         let sink = match sink.kind {
-            SinkType::Stdout => {
-                let kafka_only = [
-                    ("brokers", sink.brokers.is_some()),
-                    ("topic", sink.topic.is_some()),
-                    ("key", sink.key.is_some()),
-                    ("oversize", sink.oversize.is_some()),
-                    ("dead_letter_topic", sink.dead_letter_topic.is_some()),
-                    ("librdkafka", sink.librdkafka.is_some()),
-                ];
-                if let Some((k, _)) = kafka_only.iter().find(|(_, set)| *set) {
-                    return Err(invalid(
-                        &format!("[sink] {k}"),
-                        "only applies to type = \"kafka\"; the stdout sink takes no options".into(),
-                    ));
-                }
-                SinkConfig::Stdout
-            }
+            SinkType::Stdout => SinkConfig::Stdout,
             SinkType::Kafka => SinkConfig::Kafka(kafka_config(sink, &invalid)?),
+            SinkType::Forward => SinkConfig::Forward(forward_sink(sink, &invalid)?),
         };
         Ok(Config {
             path: Some(path.to_path_buf()),
@@ -677,40 +806,333 @@ impl Config {
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
-/// Keys that belong to another source type, named in the error.
-fn reject_keys(
-    here: &str,
-    kind: &str,
-    keys: &[(&str, bool)],
-    invalid: Invalid,
-) -> Result<(), ConfigError> {
-    match keys.iter().find(|(_, set)| *set) {
-        Some((k, _)) => Err(invalid(
+/// Rejects a key set for a source type it does not apply to, naming it.
+fn source_keys(s: &RawSource, here: &str, invalid: Invalid) -> Result<(), ConfigError> {
+    use SourceType::{Files, Forward, Journal};
+    let keys: &[(&str, bool, &[SourceType])] = &[
+        ("directory", s.directory.is_some(), &[Journal]),
+        ("namespace", s.namespace.is_some(), &[Journal]),
+        ("matches", s.matches.is_some(), &[Journal]),
+        ("start_at", s.start_at.is_some(), &[Journal, Files]),
+        ("include", s.include.is_some(), &[Files]),
+        ("exclude", s.exclude.is_some(), &[Files]),
+        ("format", s.format.is_some(), &[Files]),
+        ("max_line_bytes", s.max_line_bytes.is_some(), &[Files]),
+        ("rescan_interval", s.rescan_interval.is_some(), &[Files]),
+        (
+            "partial_line_timeout",
+            s.partial_line_timeout.is_some(),
+            &[Files],
+        ),
+        ("rotate_wait", s.rotate_wait.is_some(), &[Files]),
+        ("max_open_files", s.max_open_files.is_some(), &[Files]),
+        ("forget_after", s.forget_after.is_some(), &[Files]),
+        ("fields", s.fields.is_some(), &[Files]),
+        ("listen", s.listen.is_some(), &[Forward]),
+        ("tls", s.tls.is_some(), &[Forward]),
+        ("shared_key", s.shared_key.is_some(), &[Forward]),
+        ("self_hostname", s.self_hostname.is_some(), &[Forward]),
+        ("users", s.users.is_some(), &[Forward]),
+        (
+            "max_request_bytes",
+            s.max_request_bytes.is_some(),
+            &[Forward],
+        ),
+        ("max_connections", s.max_connections.is_some(), &[Forward]),
+        ("idle_timeout", s.idle_timeout.is_some(), &[Forward]),
+    ];
+    match keys
+        .iter()
+        .find(|(_, set, owners)| *set && !owners.contains(&s.kind))
+    {
+        Some((k, _, owners)) => Err(invalid(
             &format!("{here} {k}"),
-            format!("does not apply to type = \"{kind}\""),
+            format!(
+                "does not apply to type = \"{}\" (it is a key of type = {})",
+                format!("{:?}", s.kind).to_lowercase(),
+                owners
+                    .iter()
+                    .map(|o| format!("\"{}\"", format!("{o:?}").to_lowercase()))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
         )),
         None => Ok(()),
     }
 }
 
+/// Rejects a sink key set for a sink type it does not apply to, naming it.
+fn sink_keys(s: &RawSink, invalid: Invalid) -> Result<(), ConfigError> {
+    use SinkType::{Forward, Kafka};
+    let keys: &[(&str, bool, &[SinkType])] = &[
+        ("brokers", s.brokers.is_some(), &[Kafka]),
+        ("topic", s.topic.is_some(), &[Kafka]),
+        ("key", s.key.is_some(), &[Kafka]),
+        ("oversize", s.oversize.is_some(), &[Kafka]),
+        ("dead_letter_topic", s.dead_letter_topic.is_some(), &[Kafka]),
+        ("librdkafka", s.librdkafka.is_some(), &[Kafka]),
+        ("servers", s.servers.is_some(), &[Forward]),
+        ("tag", s.tag.is_some(), &[Forward]),
+        ("tls", s.tls.is_some(), &[Forward]),
+        ("shared_key", s.shared_key.is_some(), &[Forward]),
+        ("self_hostname", s.self_hostname.is_some(), &[Forward]),
+        ("username", s.username.is_some(), &[Forward]),
+        ("password", s.password.is_some(), &[Forward]),
+        ("compress", s.compress.is_some(), &[Forward]),
+        ("ack_timeout", s.ack_timeout.is_some(), &[Forward]),
+        ("connect_timeout", s.connect_timeout.is_some(), &[Forward]),
+        (
+            "max_chunk_entries",
+            s.max_chunk_entries.is_some(),
+            &[Forward],
+        ),
+        ("max_chunk_bytes", s.max_chunk_bytes.is_some(), &[Forward]),
+        (
+            "max_pending_chunks",
+            s.max_pending_chunks.is_some(),
+            &[Forward],
+        ),
+    ];
+    match keys
+        .iter()
+        .find(|(_, set, owners)| *set && !owners.contains(&s.kind))
+    {
+        Some((k, _, owners)) => Err(invalid(
+            &format!("[sink] {k}"),
+            match s.kind {
+                SinkType::Stdout => "the stdout sink takes no options".to_string(),
+                _ => format!(
+                    "only applies to type = \"{}\"",
+                    format!("{:?}", owners[0]).to_lowercase()
+                ),
+            },
+        )),
+        None => Ok(()),
+    }
+}
+
+fn shared_key(
+    key: Option<String>,
+    self_hostname: Option<String>,
+    here: &str,
+    invalid: Invalid,
+) -> Result<Option<SharedKey>, ConfigError> {
+    match (key, self_hostname) {
+        (Some(k), _) if k.is_empty() => Err(invalid(
+            &format!("{here} shared_key"),
+            "must not be empty (remove it to disable the handshake)".into(),
+        )),
+        (Some(key), host) => Ok(Some(SharedKey {
+            key,
+            self_hostname: host.unwrap_or_else(crate::source::files::hostname),
+        })),
+        (None, Some(_)) => Err(invalid(
+            &format!("{here} self_hostname"),
+            "only used by the shared-key handshake; set shared_key too".into(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn forward_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind, ConfigError> {
+    source_keys(&s, here, invalid)?;
+    let d = ForwardSourceConfig::default();
+    let listen = s.listen.unwrap_or(d.listen);
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            &format!("{here} listen"),
+            format!(
+                "{listen:?} is not an address to listen on: write IP:PORT, e.g. \"0.0.0.0:24224\""
+            ),
+        ));
+    }
+    let tls = match s.tls {
+        None => None,
+        Some(t) => {
+            if t.ca.is_some() || t.server_name.is_some() {
+                return Err(invalid(
+                    &format!("{here} tls"),
+                    "a listener takes cert, key and optionally client_ca (ca and server_name are sink keys)".into(),
+                ));
+            }
+            match (t.cert, t.key) {
+                (Some(cert), Some(key)) => Some(ServerTls {
+                    cert,
+                    key,
+                    client_ca: t.client_ca,
+                }),
+                _ => {
+                    return Err(invalid(
+                        &format!("{here} tls"),
+                        "needs cert and key, e.g. tls = { cert = \"/etc/perapera/tls.crt\", key = \"/etc/perapera/tls.key\" }".into(),
+                    ))
+                }
+            }
+        }
+    };
+    let shared_key = shared_key(s.shared_key, s.self_hostname, here, invalid)?;
+    let users: Vec<(String, String)> = s
+        .users
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| (u.username, u.password))
+        .collect();
+    if !users.is_empty() && shared_key.is_none() {
+        return Err(invalid(
+            &format!("{here} users"),
+            "user authentication is part of the shared-key handshake: set shared_key too".into(),
+        ));
+    }
+    let max_request_bytes = match s.max_request_bytes {
+        Some(ByteSize(n)) if !(1024..=(1 << 30)).contains(&n) => {
+            return Err(invalid(
+                &format!("{here} max_request_bytes"),
+                "must be between 1KiB and 1GiB (default \"16MiB\")".into(),
+            ))
+        }
+        Some(ByteSize(n)) => n as usize,
+        None => d.max_request_bytes,
+    };
+    let max_connections = match s.max_connections {
+        Some(0) => {
+            return Err(invalid(
+                &format!("{here} max_connections"),
+                "must be at least 1 (default 1024)".into(),
+            ))
+        }
+        Some(n) => n as usize,
+        None => d.max_connections,
+    };
+    Ok(SourceKind::Forward(ForwardSourceConfig {
+        listen,
+        tls,
+        shared_key,
+        users,
+        max_request_bytes,
+        max_connections,
+        idle_timeout: s
+            .idle_timeout
+            .map_or(d.idle_timeout, |x| x.0.max(Duration::from_millis(100))),
+    }))
+}
+
+fn forward_sink(sink: RawSink, invalid: Invalid) -> Result<ForwardSinkConfig, ConfigError> {
+    let servers = sink.servers.unwrap_or_default();
+    if servers.is_empty() {
+        return Err(invalid(
+            "[sink] servers",
+            "required for type = \"forward\", e.g. servers = [\"aggregator1:24224\", \"aggregator2:24224\"]".into(),
+        ));
+    }
+    for server in &servers {
+        let ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(invalid(
+                "[sink] servers",
+                format!("{server:?} is not HOST:PORT, e.g. \"aggregator1:24224\""),
+            ));
+        }
+    }
+    let tls = match sink.tls {
+        None => None,
+        Some(t) => {
+            if t.client_ca.is_some() {
+                return Err(invalid(
+                    "[sink] tls",
+                    "client_ca is a listener key; the sink takes ca, cert, key and server_name"
+                        .into(),
+                ));
+            }
+            let Some(ca) = t.ca else {
+                return Err(invalid(
+                    "[sink] tls",
+                    "needs ca (the CA bundle that signed the servers' certificates, e.g. \
+                     /etc/ssl/certs/ca-certificates.crt)"
+                        .into(),
+                ));
+            };
+            let client_cert = match (t.cert, t.key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "[sink] tls",
+                        "a client certificate needs both cert and key".into(),
+                    ))
+                }
+            };
+            Some(ClientTls {
+                ca,
+                client_cert,
+                server_name: t.server_name,
+            })
+        }
+    };
+    let shared_key = shared_key(sink.shared_key, sink.self_hostname, "[sink]", invalid)?;
+    let user = match (sink.username, sink.password) {
+        (Some(u), Some(p)) if shared_key.is_some() => Some((u, p)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "[sink] username",
+                "username and password go together, with shared_key".into(),
+            ))
+        }
+    };
+    let gzip = match sink.compress.as_deref() {
+        None | Some("none") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err(invalid(
+                "[sink] compress",
+                format!("{other:?} is not supported: \"gzip\" or \"none\""),
+            ))
+        }
+    };
+    let positive = |v: Option<u32>, key: &str, default: usize| match v {
+        Some(0) => Err(invalid(
+            &format!("[sink] {key}"),
+            format!("must be at least 1 (default {default})"),
+        )),
+        Some(n) => Ok(n as usize),
+        None => Ok(default),
+    };
+    let tag = match sink.tag {
+        Some(t) => t,
+        None => Template::parse("perapera").map_err(|e| invalid("[sink] tag", e.to_string()))?,
+    };
+    Ok(ForwardSinkConfig {
+        servers,
+        tag,
+        tls,
+        shared_key,
+        user,
+        gzip,
+        ack_timeout: sink.ack_timeout.map_or(Duration::from_secs(30), |d| {
+            d.0.max(Duration::from_millis(100))
+        }),
+        connect_timeout: sink.connect_timeout.map_or(Duration::from_secs(10), |d| {
+            d.0.max(Duration::from_millis(100))
+        }),
+        max_chunk_entries: positive(sink.max_chunk_entries, "max_chunk_entries", 1000)?,
+        max_chunk_bytes: match sink.max_chunk_bytes {
+            Some(ByteSize(n)) if n < 1024 => {
+                return Err(invalid(
+                    "[sink] max_chunk_bytes",
+                    "must be at least 1KiB (default \"1MiB\")".into(),
+                ))
+            }
+            Some(ByteSize(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => 1 << 20,
+        },
+        max_pending_chunks: positive(sink.max_pending_chunks, "max_pending_chunks", 8)?,
+    })
+}
+
 fn journal_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind, ConfigError> {
-    reject_keys(
-        here,
-        "journal",
-        &[
-            ("include", s.include.is_some()),
-            ("exclude", s.exclude.is_some()),
-            ("format", s.format.is_some()),
-            ("max_line_bytes", s.max_line_bytes.is_some()),
-            ("rescan_interval", s.rescan_interval.is_some()),
-            ("partial_line_timeout", s.partial_line_timeout.is_some()),
-            ("rotate_wait", s.rotate_wait.is_some()),
-            ("max_open_files", s.max_open_files.is_some()),
-            ("forget_after", s.forget_after.is_some()),
-            ("fields", s.fields.is_some()),
-        ],
-        invalid,
-    )?;
+    source_keys(&s, here, invalid)?;
     if s.directory.is_some() && s.namespace.is_some() {
         return Err(invalid(
             here,
@@ -743,16 +1165,7 @@ fn journal_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKi
 }
 
 fn files_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind, ConfigError> {
-    reject_keys(
-        here,
-        "files",
-        &[
-            ("directory", s.directory.is_some()),
-            ("namespace", s.namespace.is_some()),
-            ("matches", s.matches.is_some()),
-        ],
-        invalid,
-    )?;
+    source_keys(&s, here, invalid)?;
     let d = FilesConfig::default();
     let include = s.include.unwrap_or_default();
     if include.is_empty() {

@@ -25,5 +25,6 @@ pub mod pipeline;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod tls;
 
 pub use pipeline::{run, RunError, Summary};

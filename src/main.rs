@@ -191,6 +191,17 @@ fn describe_source(kind: &SourceKind) -> String {
             f.format,
             f.start_at
         ),
+        SourceKind::Forward(f) => format!(
+            "forward listener on {}{}{}; acks each request with a chunk once every entry of it is \
+             acknowledged by the sink (no checkpoint: the senders keep the data until then)",
+            f.listen,
+            if f.tls.is_some() { ", TLS" } else { "" },
+            if f.shared_key.is_some() {
+                ", shared-key handshake"
+            } else {
+                ""
+            },
+        ),
     }
 }
 
@@ -242,6 +253,7 @@ fn check(config: &Config) -> Result<(), Failure> {
                         files.len()
                     )
                 }
+                None if matches!(s.kind, SourceKind::Forward(_)) => {}
                 None => println!("  no checkpoint yet"),
             },
             Err(e) => return Err(state_failure(e)),
@@ -265,6 +277,19 @@ fn check(config: &Config) -> Result<(), Failure> {
                 println!("  librdkafka {key} = {v}");
             }
         }
+        SinkConfig::Forward(f) => println!(
+            "Sink: forward to {} (failover in this order), tag {}, ack_timeout {:?}{}{}{}",
+            f.servers.join(", "),
+            f.tag,
+            f.ack_timeout,
+            if f.tls.is_some() { ", TLS" } else { "" },
+            if f.shared_key.is_some() {
+                ", shared-key handshake"
+            } else {
+                ""
+            },
+            if f.gzip { ", gzip" } else { "" },
+        ),
     }
     Ok(())
 }

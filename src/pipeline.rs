@@ -34,6 +34,7 @@ use crate::ops::ratelimit::RateLimit;
 use crate::record::{Position, Record, Value};
 use crate::sink::{Ack, DeliveryError, Outgoing, SendError, Sink};
 use crate::source::files::FilesReader;
+use crate::source::forward::ForwardReader;
 use crate::source::journal::{JournalReader, Start};
 use crate::source::{Batch, SourceError};
 
@@ -105,6 +106,8 @@ enum Acked {
     Journal(Option<(String, u64)>),
     /// Per file identity.
     Files(FileOffsets),
+    /// Nothing to persist: a done entry counts towards its request's ack.
+    Forward,
 }
 
 fn now_ms() -> u64 {
@@ -123,6 +126,7 @@ impl Acked {
             (Acked::Files(files), Position::File { file, offset }) => {
                 files.acked(&file, offset, now);
             }
+            (Acked::Forward, Position::Forward(pending)) => pending.entry_done(),
             _ => {}
         }
     }
@@ -139,6 +143,7 @@ impl Acked {
             Acked::Files(files) => Some(SourceCheckpoint::Files {
                 files: files.checkpoint(now),
             }),
+            Acked::Forward => None,
         }
     }
 }
@@ -228,6 +233,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 }
                 .spawn(batch_tx.clone(), stop.clone())
             }
+            SourceKind::Forward(fc) => ForwardReader {
+                index,
+                name: source.name.clone(),
+                config: fc.clone(),
+                batch_entries,
+                batch_bytes,
+                stats: stats.clone(),
+            }
+            .spawn(batch_tx.clone(), stop.clone()),
         };
         match spawned {
             Ok(h) => readers.push(h),
@@ -240,7 +254,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     drop(batch_tx);
     let oversize = match &config.sink {
         SinkConfig::Kafka(k) => k.oversize.clone(),
-        SinkConfig::Stdout => Oversize::Truncate,
+        SinkConfig::Stdout | SinkConfig::Forward(_) => Oversize::Truncate,
     };
     tracing::info!(
         sink = sink.kind(),
@@ -261,6 +275,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                         checkpoint.files(&s.name).unwrap_or_default(),
                         fc.forget_after,
                     )),
+                    SourceKind::Forward(_) => Acked::Forward,
                 },
                 dirty: false,
             })
@@ -644,7 +659,10 @@ impl Pipeline {
             let acked = &mut source.acked;
             let now = *now.get_or_insert_with(now_ms);
             let popped = source.window.advance_each(|slot| acked.fold(slot, now));
-            if popped > 0 {
+            if matches!(acked, Acked::Forward) {
+                // Done once acknowledged: the sender holds the data, nothing to persist.
+                self.in_flight -= popped;
+            } else if popped > 0 {
                 self.unpersisted += popped;
                 source.dirty = true;
             }

@@ -94,6 +94,9 @@ pub struct FileRef {
 pub enum Position {
     /// A journal cursor.
     Cursor(String),
+    /// An entry of a forward request: the request is acknowledged to its sender once every
+    /// one of its entries is.
+    Forward(Arc<crate::source::forward::Pending>),
     /// A byte offset just after a line of a file.
     File {
         /// The file (shared by all lines read from it under the same identity and path).
@@ -120,6 +123,7 @@ impl Position {
             Position::File { file, offset } => {
                 let _ = write!(out, "{}:{offset}", file.path);
             }
+            Position::Forward(p) => out.push_str(&p.peer),
         }
     }
 
@@ -127,7 +131,7 @@ impl Position {
     fn byte_size(&self) -> usize {
         match self {
             Position::Cursor(c) => c.len(),
-            Position::File { .. } => 16,
+            Position::File { .. } | Position::Forward(_) => 16,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! ack channel, exactly one outcome for that id. It never decides what is "done" and never
 //! drops anything on its own: it classifies failures, and the pipeline applies the policy.
 
+pub mod forward;
 pub mod kafka;
 pub mod stdout;
 
@@ -67,6 +68,8 @@ pub enum Sink {
     Stdout(stdout::StdoutSink),
     /// Kafka.
     Kafka(Box<kafka::KafkaSink>),
+    /// A Fluentd Forward aggregator.
+    Forward(Box<forward::ForwardSink>),
 }
 
 impl Sink {
@@ -75,6 +78,9 @@ impl Sink {
         Ok(match config {
             SinkConfig::Stdout => Sink::Stdout(stdout::StdoutSink::new(acks)),
             SinkConfig::Kafka(k) => Sink::Kafka(Box::new(kafka::KafkaSink::new(k.clone(), acks)?)),
+            SinkConfig::Forward(f) => {
+                Sink::Forward(Box::new(forward::ForwardSink::new(f.clone(), acks)?))
+            }
         })
     }
 
@@ -83,20 +89,23 @@ impl Sink {
         match self {
             Sink::Stdout(s) => s.send(out),
             Sink::Kafka(s) => s.send(out),
+            Sink::Forward(s) => s.send(out),
         }
     }
 
     /// Called after a burst of sends (stdout writes and acknowledges here).
     pub fn flush_burst(&mut self) {
-        if let Sink::Stdout(s) = self {
-            s.flush_burst()
+        match self {
+            Sink::Stdout(s) => s.flush_burst(),
+            Sink::Forward(s) => s.flush_burst(),
+            Sink::Kafka(_) => {}
         }
     }
 
     /// Largest encoded entry this sink accepts, if it has a limit.
     pub fn payload_limit(&self) -> Option<usize> {
         match self {
-            Sink::Stdout(_) => None,
+            Sink::Stdout(_) | Sink::Forward(_) => None,
             Sink::Kafka(s) => Some(s.payload_limit()),
         }
     }
@@ -106,6 +115,8 @@ impl Sink {
         match self {
             Sink::Stdout(_) => Err("standard output is closed".into()),
             Sink::Kafka(s) => s.recreate(),
+            // Never reports a fatal error: every failure is retriable on a new connection.
+            Sink::Forward(_) => Ok(()),
         }
     }
 
@@ -114,6 +125,7 @@ impl Sink {
         match self {
             Sink::Stdout(mut s) => s.flush_burst(),
             Sink::Kafka(s) => s.close(timeout),
+            Sink::Forward(s) => s.close(timeout),
         }
     }
 
@@ -122,6 +134,7 @@ impl Sink {
         match self {
             Sink::Stdout(_) => "stdout",
             Sink::Kafka(_) => "kafka",
+            Sink::Forward(_) => "forward",
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod format;
+pub mod forward;
 pub mod identity;
 pub mod journal;
 pub mod lines;
