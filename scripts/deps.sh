@@ -11,7 +11,7 @@ SUDO=""
 
 packages=(build-essential pkg-config libsystemd-dev zlib1g-dev libssl-dev python3)
 [ $want_test -eq 1 ] && packages+=(python3-pip)
-[ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote)
+[ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -43,6 +43,16 @@ if [ $want_test -eq 1 ]; then
         echo "deps: installing confluent-kafka and msgpack from PyPI" >&2
         python3 -m pip install --quiet confluent-kafka msgpack 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages confluent-kafka msgpack
+    fi
+    # Independent Forward-protocol senders: Python fluent-logger, Node @fluent-org/logger.
+    if ! python3 -c "import fluent.sender" 2>/dev/null; then
+        echo "deps: installing fluent-logger from PyPI" >&2
+        python3 -m pip install --quiet fluent-logger 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages fluent-logger
+    fi
+    if [ ! -d tests/node/node_modules/@fluent-org/logger ]; then
+        echo "deps: installing @fluent-org/logger from npm (tests/node)" >&2
+        (cd tests/node && npm ci --silent --no-audit --no-fund)
     fi
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

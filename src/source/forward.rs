@@ -110,8 +110,10 @@ enum Close {
     Bad(String),
     /// Over `max_request_bytes`.
     TooLarge(String),
-    /// Handshake or TLS failed.
+    /// The shared-key handshake failed.
     Auth(String),
+    /// TLS failed.
+    Tls(String),
     /// Silent for `idle_timeout`.
     Idle,
     /// Closed to make room for a new connection.
@@ -314,6 +316,11 @@ impl Shared {
                 "authentication",
                 format!("closed the connection: {reason}"),
             ),
+            Close::Tls(reason) => (
+                "rejected_tls",
+                "tls",
+                format!("closed the connection: {reason}"),
+            ),
             Close::Idle => (
                 "closed_idle",
                 "idle",
@@ -352,8 +359,10 @@ async fn connection(
         Some(acceptor) => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => Box::new(s),
-                Ok(Err(e)) => return Close::Auth(format!("TLS handshake failed: {e}")),
-                Err(_) => return Close::Auth("TLS handshake timed out".into()),
+                // A connection closed before any byte (a port probe) is not an error.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Close::Done,
+                Ok(Err(e)) => return Close::Tls(format!("TLS handshake failed: {e}")),
+                Err(_) => return Close::Tls("TLS handshake timed out".into()),
             }
         }
     };

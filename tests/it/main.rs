@@ -3,6 +3,7 @@
 
 mod cli;
 mod files;
+mod forward;
 mod journal;
 mod kafka_mock;
 mod kafka_tansu;

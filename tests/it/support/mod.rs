@@ -480,8 +480,12 @@ pub fn tansu_bin() -> PathBuf {
 
 impl Tansu {
     pub fn start() -> Tansu {
+        Tansu::start_on(free_port())
+    }
+
+    /// A broker on a port chosen beforehand (an agent was pointed at it while it was down).
+    pub fn start_on(port: u16) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(tansu_bin())
