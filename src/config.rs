@@ -1551,8 +1551,73 @@ key = "{_HOSTNAME}"
             "max_open_files",
             "forget_after",
             "fields",
+            "listen",
+            "tls",
+            "shared_key",
+            "self_hostname",
+            "users",
+            "max_request_bytes",
+            "max_connections",
+            "idle_timeout",
+            "servers",
+            "tag",
+            "username",
+            "password",
+            "compress",
+            "ack_timeout",
+            "connect_timeout",
+            "max_chunk_entries",
+            "max_chunk_bytes",
+            "max_pending_chunks",
         ] {
             assert!(text.contains(key), "{key} is documented");
+        }
+    }
+
+    #[test]
+    fn packaged_forward_examples_are_valid() {
+        let text = include_str!("../packaging/perapera.toml");
+        let block = |prefix: &str| -> String {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let c = parse(&format!("{}[sink]\ntype = \"stdout\"\n", block("#f>"))).unwrap();
+        let SourceKind::Forward(f) = &c.sources[0].kind else {
+            panic!("forward source expected")
+        };
+        assert_eq!(f.listen, "0.0.0.0:24224");
+        assert_eq!(f.users.len(), 1);
+        assert_eq!(
+            f.shared_key.as_ref().unwrap().self_hostname,
+            "aggregator.example"
+        );
+        let c = parse(&format!("[[source]]\ntype = \"journal\"\n{}", block("#s>"))).unwrap();
+        let SinkConfig::Forward(s) = &c.sink else {
+            panic!("forward sink expected")
+        };
+        assert_eq!(s.servers.len(), 2);
+        assert!(s.gzip);
+        assert_eq!(s.user, Some(("shipper".into(), "change-me-too".into())));
+    }
+
+    #[test]
+    fn forward_keys_are_checked() {
+        for (extra, needle) in [
+            ("[[source]]\ntype = \"forward\"\nlisten = \"nope\"\n[sink]\ntype = \"stdout\"\n", "listen"),
+            ("[[source]]\ntype = \"forward\"\ninclude = [\"/x\"]\n[sink]\ntype = \"stdout\"\n", "is a key of type = \"files\""),
+            ("[[source]]\ntype = \"forward\"\nusers = [{ username = \"a\", password = \"b\" }]\n[sink]\ntype = \"stdout\"\n", "set shared_key too"),
+            ("[[source]]\ntype = \"forward\"\ntls = { cert = \"/c\" }\n[sink]\ntype = \"stdout\"\n", "needs cert and key"),
+            ("[[source]]\ntype = \"journal\"\n[sink]\ntype = \"forward\"\n", "[sink] servers: required"),
+            ("[[source]]\ntype = \"journal\"\n[sink]\ntype = \"forward\"\nservers = [\"host\"]\n", "is not HOST:PORT"),
+            ("[[source]]\ntype = \"journal\"\n[sink]\ntype = \"forward\"\nservers = [\"h:1\"]\ncompress = \"zstd\"\n", "\"gzip\" or \"none\""),
+            ("[[source]]\ntype = \"journal\"\n[sink]\ntype = \"forward\"\nservers = [\"h:1\"]\ntopic = \"t\"\n", "[sink] topic: only applies to type = \"kafka\""),
+            ("[[source]]\ntype = \"journal\"\n[sink]\ntype = \"kafka\"\nbrokers = [\"h:1\"]\ntopic = \"t\"\nservers = [\"h:1\"]\n", "[sink] servers: only applies to type = \"forward\""),
+            ("[[source]]\ntype = \"journal\"\n[sink]\ntype = \"forward\"\nservers = [\"h:1\"]\ntls = {}\n", "needs ca"),
+        ] {
+            let e = err(extra);
+            assert!(e.contains(needle), "{extra}: {e}");
         }
     }
 

@@ -1,0 +1,41 @@
+//! The forward listener's decoding path on arbitrary bytes: frame scanning (as bytes arrive
+//! in pieces), request decoding, JSON requests and the handshake messages must never panic,
+//! and a frame the scanner calls complete must be exactly what the decoder consumes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use perapera::forward::{self, frame, handshake};
+
+const LIMIT: usize = 1 << 20;
+
+fuzz_target!(|data: &[u8]| {
+    let mut rest = data;
+    while !rest.is_empty() {
+        // Every prefix is either incomplete, complete or an error: never a panic.
+        let _ = frame::scan(&rest[..rest.len() / 2], LIMIT);
+        match frame::scan(rest, LIMIT) {
+            Ok(frame::Scan::Complete(n)) => {
+                let frame = &rest[..n];
+                if let Ok(Some(request)) = forward::decode_request(frame, LIMIT) {
+                    // What we decoded encodes and decodes to the same events.
+                    let again = forward::decode_request(&request.encode(), LIMIT)
+                        .expect("our own encoding decodes")
+                        .expect("a request");
+                    assert_eq!(again.tag, request.tag);
+                    assert_eq!(again.mode, request.mode);
+                    assert_eq!(again.entries, request.entries);
+                    assert_eq!(again.options.chunk, request.options.chunk);
+                }
+                let _ = forward::decode_ack(frame);
+                let _ = handshake::Helo::decode(frame);
+                let _ = handshake::Ping::decode(frame);
+                let _ = handshake::Pong::decode(frame);
+                rest = &rest[n..];
+            }
+            _ => break,
+        }
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = forward::decode_json(v, LIMIT);
+    }
+});
