@@ -11,7 +11,13 @@ SUDO=""
 
 packages=(build-essential pkg-config libsystemd-dev zlib1g-dev libssl-dev python3)
 [ $want_test -eq 1 ] && packages+=(python3-pip)
-[ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote nodejs npm)
+[ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote)
+# Node and npm: Debian's packages unless a node is already installed some other way (e.g.
+# NodeSource's nodejs, which ships its own npm and conflicts with Debian's npm package).
+if [ $want_test -eq 1 ]; then
+    command -v node >/dev/null 2>&1 || packages+=(nodejs)
+    command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
