@@ -709,26 +709,19 @@ impl Config {
         };
         let defaults = PipelineConfig::default();
         let pipeline = PipelineConfig {
-            max_in_flight: match raw.pipeline.max_in_flight {
-                Some(0) => {
-                    return Err(invalid(
-                        "[pipeline] max_in_flight",
-                        "must be at least 1 (default 10000)".into(),
-                    ))
-                }
-                Some(n) => n as usize,
-                None => defaults.max_in_flight,
-            },
-            max_in_flight_bytes: match raw.pipeline.max_in_flight_bytes {
-                Some(ByteSize(n)) if n < 1024 => {
-                    return Err(invalid(
-                        "[pipeline] max_in_flight_bytes",
-                        "must be at least 1KiB (default \"64MiB\")".into(),
-                    ))
-                }
-                Some(ByteSize(n)) => usize::try_from(n).unwrap_or(usize::MAX),
-                None => defaults.max_in_flight_bytes,
-            },
+            max_in_flight: count(
+                raw.pipeline.max_in_flight,
+                "[pipeline] max_in_flight",
+                defaults.max_in_flight,
+                &invalid,
+            )?,
+            max_in_flight_bytes: bytes(
+                raw.pipeline.max_in_flight_bytes,
+                "[pipeline] max_in_flight_bytes",
+                (defaults.max_in_flight_bytes, "64MiB"),
+                false,
+                &invalid,
+            )?,
             shutdown_timeout: raw
                 .pipeline
                 .shutdown_timeout
@@ -805,6 +798,47 @@ impl Config {
 }
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+/// A count that must be at least 1.
+fn count(
+    value: Option<u32>,
+    key: &str,
+    default: usize,
+    invalid: Invalid,
+) -> Result<usize, ConfigError> {
+    match value {
+        Some(0) => Err(invalid(
+            key,
+            format!("must be at least 1 (default {default})"),
+        )),
+        Some(n) => Ok(n as usize),
+        None => Ok(default),
+    }
+}
+
+/// A size of at least 1 KiB (and at most 1 GiB when `bounded`); `default` is the value and
+/// how the documentation writes it.
+fn bytes(
+    value: Option<ByteSize>,
+    key: &str,
+    default: (usize, &str),
+    bounded: bool,
+    invalid: Invalid,
+) -> Result<usize, ConfigError> {
+    let max = if bounded { 1 << 30 } else { u64::MAX };
+    match value {
+        Some(ByteSize(n)) if !(1024..=max).contains(&n) => Err(invalid(
+            key,
+            if bounded {
+                format!("must be between 1KiB and 1GiB (default \"{}\")", default.1)
+            } else {
+                format!("must be at least 1KiB (default \"{}\")", default.1)
+            },
+        )),
+        Some(ByteSize(n)) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Ok(default.0),
+    }
+}
 
 /// Rejects a key set for a source type it does not apply to, naming it.
 fn source_keys(s: &RawSource, here: &str, invalid: Invalid) -> Result<(), ConfigError> {
@@ -983,26 +1017,19 @@ fn forward_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKi
             "user authentication is part of the shared-key handshake: set shared_key too".into(),
         ));
     }
-    let max_request_bytes = match s.max_request_bytes {
-        Some(ByteSize(n)) if !(1024..=(1 << 30)).contains(&n) => {
-            return Err(invalid(
-                &format!("{here} max_request_bytes"),
-                "must be between 1KiB and 1GiB (default \"16MiB\")".into(),
-            ))
-        }
-        Some(ByteSize(n)) => n as usize,
-        None => d.max_request_bytes,
-    };
-    let max_connections = match s.max_connections {
-        Some(0) => {
-            return Err(invalid(
-                &format!("{here} max_connections"),
-                "must be at least 1 (default 1024)".into(),
-            ))
-        }
-        Some(n) => n as usize,
-        None => d.max_connections,
-    };
+    let max_request_bytes = bytes(
+        s.max_request_bytes,
+        &format!("{here} max_request_bytes"),
+        (d.max_request_bytes, "16MiB"),
+        true,
+        invalid,
+    )?;
+    let max_connections = count(
+        s.max_connections,
+        &format!("{here} max_connections"),
+        d.max_connections,
+        invalid,
+    )?;
     Ok(SourceKind::Forward(ForwardSourceConfig {
         listen,
         tls,
@@ -1091,14 +1118,6 @@ fn forward_sink(sink: RawSink, invalid: Invalid) -> Result<ForwardSinkConfig, Co
             ))
         }
     };
-    let positive = |v: Option<u32>, key: &str, default: usize| match v {
-        Some(0) => Err(invalid(
-            &format!("[sink] {key}"),
-            format!("must be at least 1 (default {default})"),
-        )),
-        Some(n) => Ok(n as usize),
-        None => Ok(default),
-    };
     let tag = match sink.tag {
         Some(t) => t,
         None => Template::parse("perapera").map_err(|e| invalid("[sink] tag", e.to_string()))?,
@@ -1116,18 +1135,25 @@ fn forward_sink(sink: RawSink, invalid: Invalid) -> Result<ForwardSinkConfig, Co
         connect_timeout: sink.connect_timeout.map_or(Duration::from_secs(10), |d| {
             d.0.max(Duration::from_millis(100))
         }),
-        max_chunk_entries: positive(sink.max_chunk_entries, "max_chunk_entries", 1000)?,
-        max_chunk_bytes: match sink.max_chunk_bytes {
-            Some(ByteSize(n)) if n < 1024 => {
-                return Err(invalid(
-                    "[sink] max_chunk_bytes",
-                    "must be at least 1KiB (default \"1MiB\")".into(),
-                ))
-            }
-            Some(ByteSize(n)) => usize::try_from(n).unwrap_or(usize::MAX),
-            None => 1 << 20,
-        },
-        max_pending_chunks: positive(sink.max_pending_chunks, "max_pending_chunks", 8)?,
+        max_chunk_entries: count(
+            sink.max_chunk_entries,
+            "[sink] max_chunk_entries",
+            1000,
+            invalid,
+        )?,
+        max_chunk_bytes: bytes(
+            sink.max_chunk_bytes,
+            "[sink] max_chunk_bytes",
+            (1 << 20, "1MiB"),
+            false,
+            invalid,
+        )?,
+        max_pending_chunks: count(
+            sink.max_pending_chunks,
+            "[sink] max_pending_chunks",
+            8,
+            invalid,
+        )?,
     })
 }
 
@@ -1206,26 +1232,19 @@ fn files_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind
             ))
         }
     };
-    let max_line_bytes = match s.max_line_bytes {
-        Some(ByteSize(n)) if !(1024..=(1 << 30)).contains(&n) => {
-            return Err(invalid(
-                &format!("{here} max_line_bytes"),
-                "must be between 1KiB and 1GiB (default \"256KiB\")".into(),
-            ))
-        }
-        Some(ByteSize(n)) => n as usize,
-        None => d.max_line_bytes,
-    };
-    let max_open_files = match s.max_open_files {
-        Some(0) => {
-            return Err(invalid(
-                &format!("{here} max_open_files"),
-                "must be at least 1 (default 1024)".into(),
-            ))
-        }
-        Some(n) => n as usize,
-        None => d.max_open_files,
-    };
+    let max_line_bytes = bytes(
+        s.max_line_bytes,
+        &format!("{here} max_line_bytes"),
+        (d.max_line_bytes, "256KiB"),
+        true,
+        invalid,
+    )?;
+    let max_open_files = count(
+        s.max_open_files,
+        &format!("{here} max_open_files"),
+        d.max_open_files,
+        invalid,
+    )?;
     Ok(SourceKind::Files(FilesConfig {
         include,
         exclude,

@@ -3,8 +3,9 @@
 //! The Kafka value is exactly the record's field map, written with `rmp`'s encoders straight
 //! into the produce buffer: text is msgpack `str`, bytes are msgpack `bin` (never an array of
 //! integers), integers stay integers in their smallest form, repeated fields are arrays, and
-//! values a forward sender gave us (nested maps, floats, ...) are copied as they came. Consumers that already
-//! read fluentd's msgpack records (`record.to_msgpack`) read these unchanged.
+//! values a forward sender gave us (nested maps, floats, ...) are copied as they came.
+//! Consumers that already read fluentd's msgpack records (`record.to_msgpack`) read these
+//! unchanged.
 
 use base64::Engine as _;
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -64,14 +65,7 @@ impl Serialize for JsonValue<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Value::Str(v) => s.serialize_str(v),
-            Value::Bin(v) => {
-                let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry(
-                    "$base64",
-                    &base64::engine::general_purpose::STANDARD.encode(v),
-                )?;
-                map.end()
-            }
+            Value::Bin(v) => base64_object(s, v),
             Value::UInt(v) => s.serialize_u64(*v),
             Value::Array(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
@@ -82,10 +76,20 @@ impl Serialize for JsonValue<'_> {
             }
             Value::Msgpack(raw) => match rmpv::decode::read_value(&mut raw.as_slice()) {
                 Ok(v) => JsonAny(&v).serialize(s),
-                Err(_) => JsonValue(&Value::Bin(raw.clone())).serialize(s),
+                Err(_) => base64_object(s, raw),
             },
         }
     }
+}
+
+/// Bytes as `{"$base64": "..."}`.
+fn base64_object<S: Serializer>(s: S, bytes: &[u8]) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry(
+        "$base64",
+        &base64::engine::general_purpose::STANDARD.encode(bytes),
+    )?;
+    map.end()
 }
 
 /// Any MessagePack value as JSON: bytes (and text that is not UTF-8) as `{"$base64"}`, an
@@ -95,7 +99,6 @@ struct JsonAny<'a>(&'a rmpv::Value);
 impl Serialize for JsonAny<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use rmpv::Value as V;
-        let base64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         match self.0 {
             V::Nil => s.serialize_unit(),
             V::Boolean(b) => s.serialize_bool(*b),
@@ -108,9 +111,9 @@ impl Serialize for JsonAny<'_> {
             V::F64(f) => s.serialize_f64(*f),
             V::String(t) => match t.as_str() {
                 Some(t) => s.serialize_str(t),
-                None => JsonValue(&Value::Bin(t.as_bytes().to_vec())).serialize(s),
+                None => base64_object(s, t.as_bytes()),
             },
-            V::Binary(b) => JsonValue(&Value::Bin(b.clone())).serialize(s),
+            V::Binary(b) => base64_object(s, b),
             V::Array(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for item in items {
@@ -134,7 +137,10 @@ impl Serialize for JsonAny<'_> {
             V::Ext(ty, data) => {
                 let mut map = s.serialize_map(Some(2))?;
                 map.serialize_entry("$ext", ty)?;
-                map.serialize_entry("$base64", &base64(data))?;
+                map.serialize_entry(
+                    "$base64",
+                    &base64::engine::general_purpose::STANDARD.encode(data),
+                )?;
                 map.end()
             }
         }

@@ -582,6 +582,42 @@ pub fn decode_ack(frame: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
     Ok(None)
 }
 
+/// A connection, plain TCP or TLS, on either side.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
+/// Why [`read_frame`] returned no frame.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The bytes are not acceptable MessagePack.
+    Frame(frame::FrameError),
+    /// The peer closed the connection.
+    Closed,
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+/// Reads until `buf` holds one complete frame of at most `limit` bytes, and takes it out.
+pub async fn read_frame(
+    stream: &mut Box<dyn Stream>,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Vec<u8>, ReadError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match frame::scan(buf, limit) {
+            Ok(frame::Scan::Complete(n)) => return Ok(buf.drain(..n).collect()),
+            Ok(frame::Scan::Incomplete(_)) => {}
+            Err(e) => return Err(ReadError::Frame(e)),
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,13 +13,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
 use crate::config::ForwardSinkConfig;
 use crate::forward::handshake::{Helo, Ping, Pong};
-use crate::forward::{self, frame, Chunk, Time};
+use crate::forward::{self, frame, Chunk, ReadError, Stream, Time};
 use crate::sink::{Ack, DeliveryError, Outgoing, SendError};
 
 /// Entries of one tag gathered in this burst.
@@ -132,9 +132,6 @@ impl ForwardSink {
         self.task.abort();
     }
 }
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 struct Connection {
     server: String,
@@ -419,17 +416,13 @@ async fn read_some(conn: &mut Option<Connection>) -> Result<(), String> {
     }
 }
 
+/// Reads one handshake message.
 async fn read_frame(conn: &mut Connection) -> Result<Vec<u8>, String> {
-    loop {
-        match frame::scan(&conn.buf, 1 << 20) {
-            Ok(frame::Scan::Complete(n)) => return Ok(conn.buf.drain(..n).collect()),
-            Ok(frame::Scan::Incomplete(_)) => {}
-            Err(e) => return Err(format!("invalid handshake message: {e}")),
-        }
-        match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    forward::read_frame(&mut conn.stream, &mut conn.buf, 1 << 20)
+        .await
+        .map_err(|e| match e {
+            ReadError::Frame(e) => format!("invalid handshake message: {e}"),
+            ReadError::Closed => "the server closed the connection".into(),
+            ReadError::Io(e) => e.to_string(),
+        })
 }

@@ -21,13 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::config::ForwardSourceConfig;
 use crate::forward::handshake::{Helo, Ping, Pong};
-use crate::forward::{self, frame, Request};
+use crate::forward::{self, frame, ReadError, Request, Stream};
 use crate::ops::metrics::Stats;
 use crate::ops::ratelimit::RateLimit;
 use crate::record::{Position, Record, Value};
@@ -344,9 +344,6 @@ impl Shared {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
-
 async fn connection(
     shared: &Arc<Shared>,
     tcp: tokio::net::TcpStream,
@@ -378,26 +375,6 @@ async fn connection(
     serve(shared, stream, buf, peer, id, kill).await
 }
 
-/// Reads one msgpack frame (for the handshake).
-async fn read_frame(
-    stream: &mut Box<dyn Stream>,
-    buf: &mut Vec<u8>,
-    limit: usize,
-) -> Result<Vec<u8>, Close> {
-    loop {
-        match frame::scan(buf, limit) {
-            Ok(frame::Scan::Complete(n)) => return Ok(buf.drain(..n).collect()),
-            Ok(frame::Scan::Incomplete(_)) => {}
-            Err(e) => return Err(Close::Bad(e.to_string())),
-        }
-        match stream.read_buf(buf).await {
-            Ok(0) => return Err(Close::Done),
-            Ok(_) => {}
-            Err(e) => return Err(Close::Io(e)),
-        }
-    }
-}
-
 async fn handshake(
     shared: &Shared,
     stream: &mut Box<dyn Stream>,
@@ -415,20 +392,24 @@ async fn handshake(
         keepalive: true,
     };
     stream.write_all(&helo.encode()).await.map_err(Close::Io)?;
-    let frame = read_frame(stream, buf, 64 << 10).await?;
+    let frame = forward::read_frame(stream, buf, 64 << 10)
+        .await
+        .map_err(|e| match e {
+            ReadError::Frame(e) => Close::Bad(e.to_string()),
+            ReadError::Closed => Close::Done,
+            ReadError::Io(e) => Close::Io(e),
+        })?;
     let ping = match Ping::decode(&frame) {
         Ok(p) => p,
         Err(e) => {
-            let pong = [
-                "PONG".into(),
-                false.into(),
-                "invalid ping message".into(),
-                "".into(),
-                "".into(),
-            ];
-            let mut b = Vec::new();
-            let _ = rmpv::encode::write_value(&mut b, &rmpv::Value::Array(pong.to_vec()));
-            let _ = stream.write_all(&b).await;
+            // fluentd's answer to data sent before the handshake.
+            let refused = Pong {
+                ok: false,
+                reason: "invalid ping message".into(),
+                hostname: Vec::new(),
+                digest: Vec::new(),
+            };
+            let _ = stream.write_all(&refused.encode()).await;
             return Err(Close::Auth(format!(
                 "{e} (the client must use the shared-key handshake)"
             )));
