@@ -538,11 +538,10 @@ async fn serve(
             n = stream.read_buf(&mut buf), if read => match n {
                 Ok(0) => eof = true,
                 Ok(_) => {
+                    // The limit is enforced per request by frame::scan (and for JSON above):
+                    // the buffer may legitimately hold several requests.
                     idle_since = Instant::now();
                     shared.update(id, |c| c.last_active = idle_since);
-                    if json != Some(true) && buf.len() > limit {
-                        return Close::TooLarge(format!("request over max_request_bytes ({limit} bytes)"));
-                    }
                 }
                 Err(e) => return Close::Io(e),
             },
