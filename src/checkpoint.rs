@@ -165,7 +165,49 @@ pub struct FileCheckpoint {
     pub seen_at_ms: u64,
 }
 
+/// What a file's checkpoint entry says about shipping it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLag {
+    /// The file's size now; `None` when the path holds another file or none (rotated away).
+    pub size: Option<u64>,
+    /// Bytes after the acknowledged offset.
+    pub unshipped: u64,
+    /// 0 when everything is acknowledged; else how long the file has had unshipped bytes
+    /// without an acknowledgement (since the last one, or since its last write if nothing of
+    /// it was acknowledged yet).
+    pub lag_ms: u64,
+}
+
 impl FileCheckpoint {
+    /// Looks at the file behind this entry (a `stat` of its path).
+    pub fn lag(&self, now_ms: u64) -> FileLag {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                let unshipped = m.len().saturating_sub(self.offset);
+                let since = if self.acked_at_ms > 0 {
+                    self.acked_at_ms
+                } else {
+                    (m.mtime().max(0) as u64) * 1000
+                };
+                FileLag {
+                    size: Some(m.len()),
+                    unshipped,
+                    lag_ms: if unshipped == 0 {
+                        0
+                    } else {
+                        now_ms.saturating_sub(since)
+                    },
+                }
+            }
+            _ => FileLag {
+                size: None,
+                unshipped: 0,
+                lag_ms: 0,
+            },
+        }
+    }
+
     /// The file's identity.
     pub fn id(&self) -> FileId {
         FileId {
@@ -268,6 +310,11 @@ impl FileOffsets {
         let e = self.entry(file, now_ms);
         e.offset = offset;
         e.acked_at_ms = now_ms;
+    }
+
+    /// The entries as they are now (no forgetting).
+    pub fn entries(&self) -> impl Iterator<Item = &FileCheckpoint> {
+        self.files.values()
     }
 
     /// Applies news from the files source.

@@ -24,6 +24,8 @@ pub struct Config {
     pub state: StateConfig,
     /// `[pipeline]`.
     pub pipeline: PipelineConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[[source]]`, at least one, names unique.
     pub sources: Vec<SourceConfig>,
     /// `[sink]`.
@@ -49,6 +51,29 @@ pub struct PipelineConfig {
     /// On SIGTERM, how long to wait for in-flight acknowledgements.
     pub shutdown_timeout: Duration,
 }
+
+/// `[metrics]`: the Prometheus endpoint and the health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `/metrics` and `/health` are served; `None` when `address = "off"`.
+    pub address: Option<String>,
+    /// `/health` answers 503 once entries have been in flight this long without any
+    /// acknowledgement (the sink is failing or blocked), or the pipeline loop has not run
+    /// for this long.
+    pub unhealthy_after: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            address: Some(DEFAULT_METRICS_ADDRESS.to_string()),
+            unhealthy_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[metrics] address` by default: loopback only.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9810";
 
 /// One `[[source]]`.
 #[derive(Debug, Clone)]
@@ -345,6 +370,8 @@ struct RawConfig {
     #[serde(default)]
     pipeline: RawPipeline,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     source: Vec<RawSource>,
     sink: Option<RawSink>,
 }
@@ -362,6 +389,13 @@ struct RawPipeline {
     max_in_flight: Option<u32>,
     max_in_flight_bytes: Option<ByteSize>,
     shutdown_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    address: Option<String>,
+    unhealthy_after: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -674,6 +708,7 @@ impl Config {
                 checkpoint_interval: Duration::from_secs(1),
             },
             pipeline: PipelineConfig::default(),
+            metrics: MetricsConfig::default(),
             sources: vec![SourceConfig {
                 name: "journal".into(),
                 kind: SourceKind::Journal(JournalConfig {
@@ -727,6 +762,7 @@ impl Config {
                 .shutdown_timeout
                 .map_or(defaults.shutdown_timeout, |d| d.0),
         };
+        let metrics = metrics_config(raw.metrics, &invalid)?;
         let state = StateConfig {
             directory: raw.state.directory.unwrap_or_else(default_state_dir),
             checkpoint_interval: raw
@@ -791,10 +827,44 @@ impl Config {
             path: Some(path.to_path_buf()),
             state,
             pipeline,
+            metrics,
             sources,
             sink,
         })
     }
+}
+
+fn metrics_config(raw: RawMetrics, invalid: Invalid) -> Result<MetricsConfig, ConfigError> {
+    let defaults = MetricsConfig::default();
+    let address = match raw.address {
+        None => defaults.address,
+        Some(a) if a == "off" => None,
+        Some(a) => {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "[metrics] address",
+                    format!(
+                        "{a:?} is not an IP address and port such as \"127.0.0.1:9810\" or \
+                         \"0.0.0.0:9810\" (or \"off\" to serve no metrics)"
+                    ),
+                ));
+            }
+            Some(a)
+        }
+    };
+    let unhealthy_after = raw
+        .unhealthy_after
+        .map_or(defaults.unhealthy_after, |d| d.0);
+    if unhealthy_after < Duration::from_secs(1) {
+        return Err(invalid(
+            "[metrics] unhealthy_after",
+            "must be at least 1s (default \"5m\")".into(),
+        ));
+    }
+    Ok(MetricsConfig {
+        address,
+        unhealthy_after,
+    })
 }
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;

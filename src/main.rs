@@ -15,8 +15,23 @@ use perapera::source::SourceError;
 #[derive(Parser)]
 #[command(name = "perapera", version, about, propagate_version = true)]
 struct Cli {
+    /// Log format on stderr. Default: human on a terminal, "journal" when stderr is the
+    /// journal (systemd's JOURNAL_STREAM; no timestamps, syslog priority prefixes), else
+    /// human without colours.
+    #[arg(long, global = true, value_enum, env = "PERAPERA_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Timestamp, level, message, fields; colours on a terminal.
+    Human,
+    /// For journald: `<priority>` prefix, no timestamp, no colours.
+    Journal,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -38,11 +53,23 @@ enum Command {
         #[command(subcommand)]
         action: CursorAction,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (perapera.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum CursorAction {
-    /// Print each source's saved position.
+    /// Print each source's checkpoint, the time of its last acknowledged entry and its lag
+    /// behind the newest entry.
     Show {
         /// Configuration file (TOML).
         #[arg(short, long, env = "PERAPERA_CONFIG")]
@@ -66,8 +93,16 @@ const EX_DATAERR: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let result = match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "perapera", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir))
+            .map_err(|e| (1, format!("writing man pages to {}: {e}", dir.display()))),
         Command::Run { config } => load(config.as_deref()).and_then(run),
         Command::Check { config } => load(config.as_deref()).and_then(|c| check(&c)),
         Command::Cursor { action } => match action {
@@ -90,15 +125,60 @@ fn main() -> ExitCode {
 
 type Failure = (u8, String);
 
-fn init_tracing() {
+fn init_tracing(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PERAPERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let tty = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if tty {
+        LogFormat::Human
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        LogFormat::Journal
+    } else {
+        LogFormat::Human
+    });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.with_ansi(tty).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Journal => builder
+            .with_ansi(false)
+            .event_format(SyslogPrefix(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .init(),
+    }
+}
+
+/// Prefixes each line with its syslog priority (`<3>` error ... `<7>` debug), which journald
+/// turns into the entry's PRIORITY (SyslogLevelPrefix=yes, the default).
+struct SyslogPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefix<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 fn load(path: Option<&Path>) -> Result<Config, Failure> {
@@ -295,80 +375,21 @@ fn check(config: &Config) -> Result<(), Failure> {
 }
 
 fn cursor_show(config: &Config, json: bool) -> Result<(), Failure> {
+    use perapera::ops::cursor;
     let path = config.state.directory.join(checkpoint::CHECKPOINT_FILE);
     let cp = checkpoint::read_checkpoint(&path).map_err(|e| state_failure(&e))?;
+    let reports = cursor::report(config, &cp, perapera::pipeline::now_ms());
     if json {
-        let text = serde_json::to_string_pretty(&cp).map_err(|e| (1, e.to_string()))?;
+        let doc = serde_json::json!({
+            "checkpoint_file": path.display().to_string(),
+            "sources": reports,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| (1, e.to_string()))?;
         println!("{text}");
-        return Ok(());
-    }
-    println!("{:<20} {:<28} POSITION", "SOURCE", "LAST ACKED ENTRY (UTC)");
-    for s in &config.sources {
-        match cp.sources.get(&s.name) {
-            Some(SourceCheckpoint::Journal {
-                cursor,
-                entry_time_us,
-                ..
-            }) => {
-                println!(
-                    "{:<20} {:<28} {cursor}",
-                    s.name,
-                    format_time(*entry_time_us)
-                );
-            }
-            Some(SourceCheckpoint::Files { files }) => {
-                let last = files.iter().map(|f| f.acked_at_ms).max().unwrap_or(0);
-                println!(
-                    "{:<20} {:<28} {} files",
-                    s.name,
-                    if last == 0 {
-                        "-".to_string()
-                    } else {
-                        format_time(last * 1000)
-                    },
-                    files.len()
-                );
-                for f in files {
-                    println!(
-                        "    {} offset {} (dev {} inode {})",
-                        f.path, f.offset, f.dev, f.ino
-                    );
-                }
-            }
-            None => println!("{:<20} {:<28} (none: starts at start_at)", s.name, "-"),
-        }
-    }
-    for (name, _) in cp
-        .sources
-        .iter()
-        .filter(|(n, _)| !config.sources.iter().any(|s| &s.name == *n))
-    {
-        println!("{name:<20} (not configured; kept)");
+    } else {
+        print!("{}", cursor::table(&reports));
     }
     Ok(())
-}
-
-fn format_time(us: u64) -> String {
-    let secs = (us / 1_000_000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        us % 1_000_000
-    )
 }
 
 fn cursor_reset(config: &Config, source: Option<&str>) -> Result<(), Failure> {

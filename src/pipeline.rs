@@ -30,12 +30,13 @@ use crate::checkpoint::{
 use crate::config::{Config, Oversize, SinkConfig, SourceKind};
 use crate::encode;
 use crate::ops::metrics::Stats;
+use crate::ops::notify::Notifier;
 use crate::ops::ratelimit::RateLimit;
 use crate::record::{Position, Record, Value};
 use crate::sink::{Ack, DeliveryError, Outgoing, SendError, Sink};
 use crate::source::files::FilesReader;
 use crate::source::forward::ForwardReader;
-use crate::source::journal::{JournalReader, Start};
+use crate::source::journal::{self, JournalReader, Start};
 use crate::source::{Batch, SourceError};
 
 /// Why `run` stopped with an error.
@@ -98,6 +99,10 @@ struct SourceState {
     acked: Acked,
     /// `acked` changed since the checkpoint was last written.
     dirty: bool,
+    /// Journal sources: the entry time in the checkpoint loaded at start (0: none).
+    saved_entry_us: u64,
+    /// Journal sources: no checkpoint and `start_at = "head"` (everything is backlog).
+    from_head: bool,
 }
 
 /// What a source's checkpoint will say.
@@ -110,7 +115,8 @@ enum Acked {
     Forward,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -181,13 +187,35 @@ struct Pipeline {
     limit: RateLimit,
     checkpoint: Checkpoint,
     state: StateDir,
+    /// An acknowledgement arrived since the last tick.
+    progressed: bool,
 }
 
 /// Runs perapera until `shutdown` resolves, then drains and writes the final checkpoint.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    let mut stats = Stats::new(config.sources.iter().map(|s| s.name.as_str()));
+    stats.sink = match &config.sink {
+        SinkConfig::Kafka(_) => "kafka",
+        SinkConfig::Forward(_) => "forward",
+        SinkConfig::Stdout => "stdout",
+    }
+    .to_string();
+    let stats = Arc::new(stats);
+    // The endpoint comes up first: /health says 503 "starting" until the sources are open.
+    let http_stop = Arc::new(AtomicBool::new(false));
+    let http = config.metrics.address.as_ref().and_then(|address| {
+        crate::ops::http::spawn(
+            address.clone(),
+            stats.clone(),
+            config.metrics.unhealthy_after,
+            http_stop.clone(),
+        )
+        .map_err(|e| tracing::error!(error = %e, "Cannot start the metrics thread"))
+        .ok()
+    });
+    let _stop_http = StopOnDrop(http_stop, http);
     let state = StateDir::lock(&config.state.directory)?;
     let checkpoint = state.load()?;
-    let stats = Arc::new(Stats::new(config.sources.iter().map(|s| s.name.as_str())));
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     let sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
@@ -205,6 +233,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     None => Start::Fresh(jc.start_at),
                 };
                 tracing::info!(source = %source.name, start = ?start, "Opening journal source");
+                journal::spawn_prober(
+                    index,
+                    source.name.clone(),
+                    jc.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                );
                 JournalReader {
                     index,
                     name: source.name.clone(),
@@ -278,6 +313,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     SourceKind::Forward(_) => Acked::Forward,
                 },
                 dirty: false,
+                saved_entry_us: match checkpoint.sources.get(&s.name) {
+                    Some(SourceCheckpoint::Journal { entry_time_us, .. }) => *entry_time_us,
+                    _ => 0,
+                },
+                from_head: matches!(&s.kind, SourceKind::Journal(j) if j.start_at == crate::config::StartAt::Head),
             })
             .collect(),
         sink,
@@ -294,7 +334,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         limit: RateLimit::new(Duration::from_secs(10)),
         checkpoint,
         state,
+        progressed: false,
     };
+    let mut notifier = Notifier::from_env();
+    let tick = notifier.tick();
+    let mut next_tick = Instant::now();
+    let mut next_status = Instant::now() + STATUS_EVERY;
+    p.tick(true);
+    notifier.ready(&p.status_line());
+    if let Some(w) = notifier.watchdog() {
+        tracing::info!(watchdog = ?w, "systemd watchdog enabled; pinging from the pipeline loop");
+    }
 
     let interval = config.state.checkpoint_interval;
     // Part of shutdown_timeout is kept for the final checkpoint write, the producer's flush and
@@ -316,6 +366,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             () = &mut shutdown, if deadline.is_none() => {
                 tracing::info!(in_flight = p.in_flight, timeout = ?config.pipeline.shutdown_timeout,
                     "Shutting down: stopped reading, waiting for in-flight acknowledgements");
+                notifier.stopping(&format!("Stopping: waiting for {} in-flight acknowledgements", p.unacked()));
                 stop.store(true, Ordering::Relaxed);
                 deadline = Some(Instant::now() + config.pipeline.shutdown_timeout);
             }
@@ -338,6 +389,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 p.resend_due();
             }
+            () = sleep_until(next_tick) => {}
             () = sleep_until(next_checkpoint) => {
                 p.write_checkpoint();
                 next_checkpoint = Instant::now() + interval.max(Duration::from_millis(10));
@@ -359,6 +411,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         }
         if interval.is_zero() || p.unpersisted >= p.persist_at {
             p.write_checkpoint();
+        }
+        // Liveness: checked on every pass (a busy loop must not starve the watchdog), so a
+        // WATCHDOG=1 means this loop really runs.
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + tick;
+            let status_due = now >= next_status;
+            p.tick(status_due);
+            notifier.alive();
+            if status_due {
+                next_status = now + STATUS_EVERY;
+                if deadline.is_none() {
+                    notifier.status(&p.status_line());
+                }
+            }
         }
         if deadline.is_some() && p.unacked() == 0 {
             break; // every slot is done; the final checkpoint is written below
@@ -392,7 +459,76 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     result.map(|()| Summary { unacked })
 }
 
+/// How often the lag gauges and the systemd status line are refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Stops the metrics thread when `run` returns, whichever way.
+struct StopOnDrop(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 impl Pipeline {
+    /// Publishes the liveness and in-flight gauges (and, with `lag`, the lag gauges, which
+    /// `stat` files).
+    fn tick(&mut self, lag: bool) {
+        let now = now_ms();
+        let unacked = self.unacked() as u64;
+        self.stats.loop_at_ms.store(now, Ordering::Relaxed);
+        self.stats.unacked.store(unacked, Ordering::Relaxed);
+        if self.progressed || unacked == 0 {
+            self.progressed = false;
+            self.stats.progress_at_ms.store(now, Ordering::Relaxed);
+        }
+        for (source, counters) in self.sources.iter().zip(&self.stats.sources) {
+            counters
+                .in_flight
+                .store(source.window.len() as u64, Ordering::Relaxed);
+            if !lag {
+                continue;
+            }
+            let lag_ms = match &source.acked {
+                Acked::Journal(acked) => {
+                    let acked_us = acked.as_ref().map_or(source.saved_entry_us, |(_, t)| *t);
+                    counters.acked_entry_us.store(acked_us, Ordering::Relaxed);
+                    let newest = counters.newest_us.load(Ordering::Relaxed);
+                    let base = if acked_us > 0 {
+                        acked_us
+                    } else if source.from_head {
+                        counters.oldest_us.load(Ordering::Relaxed)
+                    } else {
+                        newest
+                    };
+                    newest.saturating_sub(base) / 1000
+                }
+                Acked::Files(files) => files
+                    .entries()
+                    .map(|f| f.lag(now).lag_ms)
+                    .max()
+                    .unwrap_or(0),
+                Acked::Forward => 0,
+            };
+            counters.lag_ms.store(lag_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The systemd `STATUS=` line.
+    fn status_line(&self) -> String {
+        let (read, acked) = self.stats.totals();
+        format!(
+            "Shipping to {}: {acked} entries acknowledged of {read} read, {} in flight, lag {:.0}s",
+            self.stats.sink,
+            self.unacked(),
+            self.stats.max_lag().as_secs_f64()
+        )
+    }
+
     /// Entries not yet acknowledged (or finally handled): the slots behind the watermark.
     fn unacked(&self) -> usize {
         self.in_flight - self.unpersisted
@@ -476,6 +612,7 @@ impl Pipeline {
         match ack.result {
             Ok(()) => {
                 self.backoff = BACKOFF_MIN;
+                self.progressed = true;
                 self.finish(src, seq, None);
             }
             Err(_) if slot.attempt != attempt => {} // superseded by a re-send
@@ -486,7 +623,7 @@ impl Pipeline {
     fn on_failure(&mut self, src: usize, seq: u64, error: DeliveryError) {
         match error {
             DeliveryError::Retriable(reason) => {
-                self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
+                self.stats.sink_failure("retriable", &reason);
                 if let Some(suppressed) = self.limit.allow("retriable") {
                     tracing::warn!(%reason, suppressed, retry_in = ?self.backoff,
                         "Sink did not acknowledge entries; they stay in flight and will be re-sent");
@@ -500,6 +637,7 @@ impl Pipeline {
                 self.schedule_retry(src, seq, delay);
             }
             DeliveryError::BadTimestamp(reason) => {
+                self.stats.sink_failure("bad_timestamp", &reason);
                 if let Some((slot, _)) = self.sources[src].window.get_mut(seq) {
                     slot.timestamp_now = true;
                 }
@@ -511,6 +649,7 @@ impl Pipeline {
                 self.schedule_retry(src, seq, Duration::ZERO);
             }
             DeliveryError::Fatal(reason) => {
+                self.stats.sink_failure("fatal", &reason);
                 tracing::error!(%reason, "Sink client failed fatally; it will be recreated");
                 self.fatal = true;
             }
@@ -684,11 +823,13 @@ impl Pipeline {
         self.checkpoint.version = Checkpoint::VERSION;
         match self.state.store(&self.checkpoint) {
             Ok(()) => {
+                self.stats.checkpoint_writes.fetch_add(1, Ordering::Relaxed);
                 self.sources.iter_mut().for_each(|s| s.dirty = false);
                 self.in_flight -= self.unpersisted;
                 self.unpersisted = 0;
             }
             Err(e) => {
+                self.stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = self.limit.allow("checkpoint") {
                     tracing::error!(error = %e, suppressed,
                         "Cannot write the checkpoint; the previous one stays valid and writing is \

@@ -97,69 +97,17 @@ impl JournalReader {
         }
     }
 
+    fn open(&self) -> Result<Journal, SourceError> {
+        let mut j = open_journal(&self.name, &self.config)?;
+        self.position(&mut j)?;
+        Ok(j)
+    }
+
     fn open_err(&self, reason: String) -> SourceError {
         SourceError::Open {
             source_name: self.name.clone(),
             reason,
         }
-    }
-
-    fn open(&self) -> Result<Journal, SourceError> {
-        let mut j = if let Some(dir) = &self.config.directory {
-            match std::fs::metadata(dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(self.open_err(format!(
-                        "directory {} is not a directory; point `directory` at a journal \
-                         directory such as /var/log/journal",
-                        dir.display()
-                    )))
-                }
-                Err(e) => {
-                    return Err(self.open_err(format!(
-                        "directory {}: {e}; check `directory` (mount the host's \
-                         /var/log/journal there when running in a container)",
-                        dir.display()
-                    )))
-                }
-            }
-            let path = dir.to_string_lossy().into_owned();
-            journal::OpenDirectoryOptions::default()
-                .open_directory(path.as_str())
-                .map_err(|e| self.open_err(format!("cannot open {}: {e}", dir.display())))?
-        } else if let Some(ns) = &self.config.namespace {
-            journal::OpenOptions::default()
-                .local_only(true)
-                .open_namespace(ns.as_str())
-                .map_err(|e| self.open_err(format!("cannot open namespace {ns:?}: {e}")))?
-        } else {
-            journal::OpenOptions::default()
-                .local_only(true)
-                .open()
-                .map_err(|e| self.open_err(format!("cannot open the system journal: {e}")))?
-        };
-        j.set_data_threshold(0)
-            .map_err(|e| self.open_err(format!("set_data_threshold: {e}")))?;
-        // Only meaningful for the system journal: the flags describe /var/log and /run files.
-        let system = self.config.directory.is_none();
-        if system
-            && !(j.has_persistent_files().unwrap_or(true) || j.has_runtime_files().unwrap_or(true))
-        {
-            tracing::warn!(source = %self.name,
-                "No journal files are visible yet; waiting for some. Is systemd-journald \
-                 running, and may this user read the journal (root, or group systemd-journal/adm)?");
-        }
-        for m in &self.config.matches {
-            let r = match m {
-                JournalMatch::Field { name, value } => {
-                    j.match_add(name, value.as_bytes().to_vec()).map(|_| ())
-                }
-                JournalMatch::Or => j.match_or().map(|_| ()),
-            };
-            r.map_err(|e| self.open_err(format!("invalid match {m:?}: {e}")))?;
-        }
-        self.position(&mut j)?;
-        Ok(j)
     }
 
     /// Positions the journal so that the next `next()` returns the first entry to ship.
@@ -289,6 +237,133 @@ impl JournalReader {
         })
         .is_ok()
     }
+}
+
+/// Opens the journal a source reads (directory, namespace or the system journal) with its
+/// matches applied and the data threshold lifted; not positioned.
+pub fn open_journal(name: &str, config: &JournalConfig) -> Result<Journal, SourceError> {
+    let open_err = |reason: String| SourceError::Open {
+        source_name: name.to_string(),
+        reason,
+    };
+    let mut j = if let Some(dir) = &config.directory {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(open_err(format!(
+                    "directory {} is not a directory; point `directory` at a journal \
+                     directory such as /var/log/journal",
+                    dir.display()
+                )))
+            }
+            Err(e) => {
+                return Err(open_err(format!(
+                    "directory {}: {e}; check `directory` (mount the host's \
+                     /var/log/journal there when running in a container)",
+                    dir.display()
+                )))
+            }
+        }
+        let path = dir.to_string_lossy().into_owned();
+        journal::OpenDirectoryOptions::default()
+            .open_directory(path.as_str())
+            .map_err(|e| open_err(format!("cannot open {}: {e}", dir.display())))?
+    } else if let Some(ns) = &config.namespace {
+        journal::OpenOptions::default()
+            .local_only(true)
+            .open_namespace(ns.as_str())
+            .map_err(|e| open_err(format!("cannot open namespace {ns:?}: {e}")))?
+    } else {
+        journal::OpenOptions::default()
+            .local_only(true)
+            .open()
+            .map_err(|e| open_err(format!("cannot open the system journal: {e}")))?
+    };
+    j.set_data_threshold(0)
+        .map_err(|e| open_err(format!("set_data_threshold: {e}")))?;
+    // Only meaningful for the system journal: the flags describe /var/log and /run files.
+    let system = config.directory.is_none();
+    if system
+        && !(j.has_persistent_files().unwrap_or(true) || j.has_runtime_files().unwrap_or(true))
+    {
+        tracing::warn!(source = %name,
+            "No journal files are visible yet; waiting for some. Is systemd-journald \
+             running, and may this user read the journal (root, or group systemd-journal/adm)?");
+    }
+    for m in &config.matches {
+        let r = match m {
+            JournalMatch::Field { name, value } => {
+                j.match_add(name, value.as_bytes().to_vec()).map(|_| ())
+            }
+            JournalMatch::Or => j.match_or().map(|_| ()),
+        };
+        r.map_err(|e| open_err(format!("invalid match {m:?}: {e}")))?;
+    }
+    Ok(j)
+}
+
+/// How often the lag prober looks at the newest entry.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts a thread that keeps `stats.sources[index]`'s newest and oldest entry times
+/// current (for `perapera_checkpoint_lag_seconds`), on its own journal handle so that it
+/// works while the reader is blocked by backpressure. Ends when `stop` is set.
+pub fn spawn_prober(
+    index: usize,
+    name: String,
+    config: JournalConfig,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("journal-lag:{name}"))
+        .spawn(move || {
+            let Some(counters) = stats.sources.get(index) else {
+                return;
+            };
+            let mut j = match open_journal(&name, &config) {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e,
+                        "Cannot open the journal to measure the lag; perapera_checkpoint_lag_seconds stays 0");
+                    return;
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let _ = j.process();
+                match entry_span(&mut j) {
+                    Ok(Some((newest, oldest))) => {
+                        counters.newest_us.store(newest, Ordering::Relaxed);
+                        counters.oldest_us.store(oldest, Ordering::Relaxed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(source = %name, error = %e, "Lag probe failed"),
+                }
+                let mut slept = Duration::ZERO;
+                while slept < PROBE_EVERY && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(WAIT);
+                    slept += WAIT;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "Cannot start the journal lag prober thread");
+    }
+}
+
+/// Realtime (µs) of the newest and of the oldest entry of an open journal (its matches
+/// applied); `None` when it holds none. Moves the read position.
+pub fn entry_span(j: &mut Journal) -> Result<Option<(u64, u64)>, systemd::Error> {
+    j.seek_tail()?;
+    if j.previous()? == 0 {
+        return Ok(None);
+    }
+    let newest = j.timestamp_usec()?;
+    j.seek_head()?;
+    if j.next()? == 0 {
+        return Ok(None);
+    }
+    Ok(Some((newest, j.timestamp_usec()?)))
 }
 
 /// Reads the current entry: every field byte-exact, repeated fields as arrays, plus
