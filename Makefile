@@ -1,8 +1,38 @@
 # Convenience targets; the scripts are the source of truth (they install what is missing).
-.PHONY: run test build
+.PHONY: run test build assets deb rpm packages check-packages
+
 run:
 	./run.sh
 test:
 	./test.sh
 build:
+	scripts/deps.sh
 	cargo build --release --locked
+
+# Shell completions and man pages, generated from the CLI definition by the built binary.
+assets: build
+	rm -rf target/assets
+	mkdir -p target/assets/man
+	target/release/perapera completions bash > target/assets/perapera.bash
+	target/release/perapera completions zsh > target/assets/_perapera
+	target/release/perapera completions fish > target/assets/perapera.fish
+	target/release/perapera man target/assets/man
+	gzip -9n target/assets/man/*.1
+
+# target/debian/perapera_<version>-1_<arch>.deb
+deb: assets
+	scripts/deps.sh --package
+	rm -f target/debian/perapera_*.deb
+	cargo deb --no-build --locked
+
+# target/generate-rpm/perapera-<version>-1.<arch>.rpm
+rpm: assets
+	scripts/deps.sh --package
+	rm -f target/generate-rpm/perapera-*.rpm
+	cargo generate-rpm
+
+packages: deb rpm
+
+# Installs the .deb on this machine, checks it, removes and purges it; inspects the .rpm.
+check-packages: packages
+	scripts/check-packages.sh

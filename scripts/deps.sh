@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs what building (and, with --test, testing) perapera needs on Debian 12, only when
-# it is missing. Used by ./run.sh and ./test.sh.
+# Installs what building perapera needs on Debian 12, only when it is missing; with
+# --package also what building and checking its .deb/.rpm needs, with --test everything the
+# test suite needs (which includes packaging). Used by ./run.sh, ./test.sh and the Makefile.
 set -euo pipefail
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_package=0
+case "${1:-}" in
+--test) want_test=1; want_package=1 ;;
+--package) want_package=1 ;;
+esac
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -12,6 +17,9 @@ SUDO=""
 packages=(build-essential pkg-config libsystemd-dev zlib1g-dev libssl-dev python3)
 [ $want_test -eq 1 ] && packages+=(python3-pip)
 [ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote)
+# rpm inspects the .rpm; promtool (package prometheus) checks and unit-tests the alert rules.
+[ $want_package -eq 1 ] && packages+=(rpm)
+[ $want_test -eq 1 ] && packages+=(prometheus)
 # Node and npm: Debian's packages unless a node is already installed some other way (e.g.
 # NodeSource's nodejs, which ships its own npm and conflicts with Debian's npm package).
 if [ $want_test -eq 1 ]; then
@@ -26,7 +34,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "deps: installing ${missing[*]}" >&2
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -35,6 +44,17 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "deps: cargo not found; install a Rust toolchain (>= 1.89) with rustup first" >&2
     exit 1
+fi
+
+if [ $want_package -eq 1 ]; then
+    if ! cargo deb --version 2>/dev/null | grep -q "3.8.0"; then
+        echo "deps: installing cargo-deb 3.8.0 (about 1 minute, once)" >&2
+        cargo install --locked cargo-deb --version 3.8.0
+    fi
+    if ! cargo generate-rpm --version 2>/dev/null | grep -q "0.21.1"; then
+        echo "deps: installing cargo-generate-rpm 0.21.1 (about 2.5 minutes, once)" >&2
+        cargo install --locked cargo-generate-rpm --version 0.21.1
+    fi
 fi
 
 if [ $want_test -eq 1 ]; then
@@ -49,6 +69,18 @@ if [ $want_test -eq 1 ]; then
         echo "deps: installing confluent-kafka and msgpack from PyPI" >&2
         python3 -m pip install --quiet confluent-kafka msgpack 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages confluent-kafka msgpack
+    fi
+    # The reference Prometheus text-format parser, for the /metrics tests.
+    if ! python3 -c "import prometheus_client" 2>/dev/null; then
+        echo "deps: installing prometheus_client from PyPI" >&2
+        python3 -m pip install --quiet prometheus_client 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages prometheus_client
+    fi
+    # The Kubernetes OpenAPI schemas (bundled, offline) for the manifest check.
+    if ! python3 -c "import kubernetes_validate" 2>/dev/null; then
+        echo "deps: installing kubernetes-validate from PyPI" >&2
+        python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages kubernetes-validate
     fi
     # Independent Forward-protocol senders: Python fluent-logger, Node @fluent-org/logger.
     if ! python3 -c "import fluent.sender" 2>/dev/null; then

@@ -1611,11 +1611,34 @@ key = "{_HOSTNAME}"
     }
 
     #[test]
+    fn metrics_section() {
+        let base = "[[source]]\ntype = \"journal\"\n[sink]\ntype = \"stdout\"\n";
+        let m = |t: &str| parse(&format!("[metrics]\n{t}{base}")).map(|c| c.metrics);
+        assert_eq!(
+            parse(base).unwrap().metrics.address.as_deref(),
+            Some("127.0.0.1:9810")
+        );
+        assert_eq!(m("address = \"off\"\n").unwrap().address, None);
+        let c = m("address = \"0.0.0.0:1234\"\nunhealthy_after = \"30s\"\n").unwrap();
+        assert_eq!(c.address.as_deref(), Some("0.0.0.0:1234"));
+        assert_eq!(c.unhealthy_after, Duration::from_secs(30));
+        let e = m("address = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.contains("[metrics] address") && e.contains("off"), "{e}");
+        let e = m("unhealthy_after = \"10ms\"\n").unwrap_err().to_string();
+        assert!(e.contains("[metrics] unhealthy_after"), "{e}");
+        let e = m("adress = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("adress"), "{e}");
+    }
+
+    #[test]
     fn packaged_config_is_valid_and_documents_every_key() {
         let text = include_str!("../packaging/perapera.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.pipeline.max_in_flight, 10_000);
+        assert_eq!(c.metrics, MetricsConfig::default());
         for key in [
+            "address",
+            "unhealthy_after",
             "directory",
             "checkpoint_interval",
             "max_in_flight",

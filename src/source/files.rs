@@ -52,8 +52,15 @@ const TURN_BYTES: usize = 256 << 10;
 /// Read buffer.
 const READ_BYTES: usize = 64 << 10;
 
-/// The host name (`host` field).
+/// The host name (`host` field): `$PERAPERA_HOSTNAME` if set (the DaemonSet passes the
+/// node's name: inside a pod, gethostname is the pod's name), else gethostname(2).
 pub fn hostname() -> String {
+    if let Some(h) = std::env::var("PERAPERA_HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+    {
+        return h.trim().to_string();
+    }
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

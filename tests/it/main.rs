@@ -7,4 +7,6 @@ mod forward;
 mod journal;
 mod kafka_mock;
 mod kafka_tansu;
+mod ops;
+mod packaging;
 mod support;
