@@ -132,8 +132,8 @@ fn process_metrics(out: &mut String) {
     }
 }
 
-/// When the counters were created (≈ process start; /proc/stat's boot time is hidden under
-/// the unit's ProcSubset=pid).
+/// When the counters were created (≈ process start; recorded rather than derived from
+/// /proc/stat's boot time, which a hardened unit may hide).
 static PROCESS_START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// All counters.
