@@ -24,7 +24,7 @@ fi
 
 # --- .deb contents ---
 contents=$(dpkg-deb -c "$deb")
-for f in ./usr/bin/perapera ./etc/perapera/perapera.toml ./lib/systemd/system/perapera.service \
+for f in ./usr/bin/perapera ./etc/perapera/perapera.toml ./usr/lib/systemd/system/perapera.service \
     ./usr/share/man/man1/perapera.1.gz ./usr/share/man/man1/perapera-run.1.gz \
     ./usr/share/bash-completion/completions/perapera ./usr/share/zsh/vendor-completions/_perapera \
     ./usr/share/fish/vendor_completions.d/perapera.fish ./usr/share/perapera/grafana/perapera.json \
@@ -50,7 +50,7 @@ getent passwd perapera | cut -d: -f7 | grep -q nologin || fail "perapera has a l
 [ ! -e /etc/systemd/system/multi-user.target.wants/perapera.service ] || fail "the unit was enabled without the operator"
 ok "installed: binary, conffile, user perapera (home $state_dir, nologin), config perapera:640, unit not enabled"
 
-unit=/lib/systemd/system/perapera.service
+unit=/usr/lib/systemd/system/perapera.service
 systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
 exposure=$(systemd-analyze security --offline=true "$unit" 2>&1 | sed -n 's/.*Overall exposure level for perapera.service: \([0-9.]*\).*/\1/p')
 [ -n "$exposure" ] || fail "systemd-analyze security printed no exposure"

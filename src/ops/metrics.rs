@@ -27,7 +27,7 @@ pub struct SourceStats {
     /// Things worth counting that are not failures (a long line split into parts, a line
     /// that did not parse and was shipped as is), by what.
     pub noted: Mutex<BTreeMap<&'static str, u64>>,
-    /// `perapera_in_flight_entries`: read, and not yet covered by a written checkpoint.
+    /// `perapera_in_flight_entries`: read, and not yet passed by the acknowledged watermark.
     pub in_flight: AtomicU64,
     /// `perapera_checkpoint_lag_seconds`, in milliseconds.
     pub lag_ms: AtomicU64,
@@ -305,37 +305,44 @@ impl Stats {
             "Entries the sink acknowledged.",
             &|s| load(&s.acked),
         );
-        header(&mut out, "perapera_entries_failed_total", "counter",
-            "Entries not shipped as read, by reason (truncated, dead_lettered, dropped_*, unreadable).");
-        for s in &self.sources {
-            if let Ok(m) = s.failed.lock() {
-                for (reason, n) in m.iter() {
-                    let _ = writeln!(
-                        out,
-                        "perapera_entries_failed_total{{source=\"{}\",reason=\"{reason}\"}} {n}",
-                        escape(&s.name)
-                    );
+        let per_reason =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             label: &str,
+             map: &dyn Fn(&SourceStats) -> &Mutex<BTreeMap<&'static str, u64>>| {
+                header(out, name, "counter", help);
+                for s in &self.sources {
+                    if let Ok(m) = map(s).lock() {
+                        for (what, n) in m.iter() {
+                            let source = escape(&s.name);
+                            let _ = writeln!(
+                                out,
+                                "{name}{{source=\"{source}\",{label}=\"{what}\"}} {n}"
+                            );
+                        }
+                    }
                 }
-            }
-        }
-        header(&mut out, "perapera_source_events_total", "counter",
-            "Counted events that are not failures (lines split, unparsed lines shipped raw, forward requests rejected, ...).");
-        for s in &self.sources {
-            if let Ok(m) = s.noted.lock() {
-                for (event, n) in m.iter() {
-                    let _ = writeln!(
-                        out,
-                        "perapera_source_events_total{{source=\"{}\",event=\"{event}\"}} {n}",
-                        escape(&s.name)
-                    );
-                }
-            }
-        }
+            };
+        per_reason(
+            &mut out,
+            "perapera_entries_failed_total",
+            "Entries not shipped as read, by reason (truncated, dead_lettered, dropped_*, unreadable).",
+            "reason",
+            &|s| &s.failed,
+        );
+        per_reason(
+            &mut out,
+            "perapera_source_events_total",
+            "Counted events that are not failures (lines split, unparsed lines shipped raw, forward requests rejected, ...).",
+            "event",
+            &|s| &s.noted,
+        );
         per_source(
             &mut out,
             "perapera_in_flight_entries",
             "gauge",
-            "Entries read and not yet covered by a written checkpoint (bounded by max_in_flight).",
+            "Entries read that the acknowledged watermark has not passed yet (the window is bounded by max_in_flight).",
             &|s| load(&s.in_flight),
         );
         per_source(
