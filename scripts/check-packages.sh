@@ -84,7 +84,13 @@ grep -q "operator was here" /etc/perapera/perapera.toml || fail "upgrade replace
 ok "upgrade keeps $state_dir and the changed conffile"
 
 # --- remove, then purge ---
+installed=$(dpkg -L perapera)
 dpkg -r perapera >/dev/null
+while read -r path; do
+    [ -d "$path" ] && continue
+    [ "$path" = /etc/perapera/perapera.toml ] && continue
+    [ ! -e "$path" ] || fail "dpkg -r left $path"
+done <<<"$installed"
 [ ! -e /usr/bin/perapera ] || fail "dpkg -r left /usr/bin/perapera"
 [ ! -e "$unit" ] || fail "dpkg -r left the unit"
 [ -e /etc/perapera/perapera.toml ] || fail "dpkg -r removed the conffile (only purge may)"

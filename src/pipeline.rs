@@ -203,17 +203,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let stats = Arc::new(stats);
     // The endpoint comes up first: /health says 503 "starting" until the sources are open.
     let http_stop = Arc::new(AtomicBool::new(false));
-    let http = config.metrics.address.as_ref().and_then(|address| {
-        crate::ops::http::spawn(
+    if let Some(address) = &config.metrics.address {
+        if let Err(e) = crate::ops::http::spawn(
             address.clone(),
             stats.clone(),
             config.metrics.unhealthy_after,
             http_stop.clone(),
-        )
-        .map_err(|e| tracing::error!(error = %e, "Cannot start the metrics thread"))
-        .ok()
-    });
-    let _stop_http = StopOnDrop(http_stop, http);
+        ) {
+            tracing::error!(error = %e, "Cannot start the metrics thread; shipping goes on without it");
+        }
+    }
+    let _stop_http = StopOnDrop(http_stop);
     let state = StateDir::lock(&config.state.directory)?;
     let checkpoint = state.load()?;
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
@@ -462,15 +462,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
 /// How often the lag gauges and the systemd status line are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-/// Stops the metrics thread when `run` returns, whichever way.
-struct StopOnDrop(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+/// Stops the metrics thread when `run` returns, whichever way. Not joined: it notices within
+/// 200 ms, and the exit must not wait for that (shutdown_timeout is a promise).
+struct StopOnDrop(Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
-        if let Some(h) = self.1.take() {
-            let _ = h.join();
-        }
     }
 }
 
