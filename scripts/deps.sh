@@ -88,8 +88,9 @@ if [ $want_test -eq 1 ]; then
         python3 -m pip install --quiet fluent-logger 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages fluent-logger
     fi
-    if [ ! -d tests/node/node_modules/@fluent-org/logger ]; then
-        echo "deps: installing @fluent-org/logger from npm (tests/node)" >&2
+    if [ ! -d tests/node/node_modules/@fluent-org/logger ] || [ ! -d tests/node/node_modules/@grafana/schema ] \
+        || [ ! -d tests/node/node_modules/typescript ]; then
+        echo "deps: installing @fluent-org/logger, typescript and @grafana/schema from npm (tests/node)" >&2
         (cd tests/node && npm ci --silent --no-audit --no-fund)
     fi
     rustup component add rustfmt clippy >/dev/null 2>&1 || true

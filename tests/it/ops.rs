@@ -403,10 +403,21 @@ fn metrics_match_what_was_shipped_and_health_turns_503_while_the_sink_fails() {
     agent.stop();
 }
 
-/// The Grafana dashboard: the structure Grafana's dashboard JSON model requires, and every
-/// metric its panel queries and variables name present in a live /metrics.
+/// The Grafana dashboard: type-checked against Grafana's published dashboard model
+/// (`@grafana/schema`, by `tests/node/check_dashboard.js`), and every metric its panel queries
+/// and variables name present in a live /metrics.
 fn check_dashboard(live: &Scrape) {
     let path = repo().join("packaging/grafana/perapera.json");
+    let out = Command::new("node")
+        .arg(repo().join("tests/node/check_dashboard.js"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the dashboard does not match Grafana's dashboard model:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for key in ["title", "uid"] {
@@ -439,7 +450,7 @@ fn check_dashboard(live: &Scrape) {
         }
     }
     for v in dash["templating"]["list"].as_array().unwrap() {
-        if let Some(q) = v["definition"].as_str() {
+        if let Some(q) = v["query"]["query"].as_str() {
             queries.push(q.to_string());
         }
     }
