@@ -345,6 +345,22 @@ fn metrics_match_what_was_shipped_and_health_turns_503_while_the_sink_fails() {
         "{}",
         down.text
     );
+    // Nothing acknowledged yet, start_at = "head": the lag is the whole journal, from its
+    // first entry (1_700_000_000.000 s) to its newest (entry 499, 0.499 s later).
+    let lag = |s: &Scrape| s.value("perapera_checkpoint_lag_seconds", &[("source", "journal")]);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = scrape(port);
+        if lag(&s) == Some(0.499) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "lag never 0.499 while down:\n{}",
+            s.text
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // The broker comes up: everything is delivered, health recovers.
     let tansu = Tansu::start_on(kafka_port);
@@ -370,6 +386,12 @@ fn metrics_match_what_was_shipped_and_health_turns_503_while_the_sink_fails() {
         up.value("perapera_entries_read_total", &[("source", "journal")]),
         Some(N as f64)
     );
+    // Caught up: the lag falls to 0 (refreshed every 5 s).
+    let end = Instant::now() + Duration::from_secs(20);
+    while lag(&scrape(port)) != Some(0.0) {
+        assert!(Instant::now() < end, "lag never 0 after catching up");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let delivered = reader.messages.len() as f64;
     let retries = up
         .value(
@@ -398,6 +420,26 @@ fn metrics_match_what_was_shipped_and_health_turns_503_while_the_sink_fails() {
     assert!(up.value("process_resident_memory_bytes", &[]) > Some(1e6));
     assert!(up.value("process_cpu_seconds_total", &[]).is_some());
 
+    // Prometheus' own linter (naming, HELP/TYPE, suffixes) has nothing to say.
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; ./test.sh installs it)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(up.text.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The dashboard's queries name only metrics this binary exports.
     check_dashboard(&up);
     agent.stop();
