@@ -517,6 +517,12 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, StateError> {
             })
         }
     };
+    parse_checkpoint(&bytes, path)
+}
+
+/// Parses checkpoint file contents; `path` names the file in errors. Empty, truncated or
+/// non-JSON contents, another format version and unknown fields are `Corrupt`.
+pub fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<Checkpoint, StateError> {
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -525,7 +531,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, StateError> {
         return Err(corrupt("the file is empty".into()));
     }
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(Checkpoint::VERSION) => {}
         Some(v) => {
