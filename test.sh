@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit tests, the integration tests against
-# real journal files, librdkafka's mock cluster and a tansu broker process, then builds the
-# .deb and .rpm and checks them (as root this installs, removes and purges the .deb here;
-# PERAPERA_SKIP_PACKAGES=1 skips that step).
+# real journal files, librdkafka's mock cluster and a tansu broker process, the fuzz targets
+# for 60 s each, then builds the .deb and .rpm and checks them (as root this installs,
+# removes and purges the .deb here; PERAPERA_SKIP_PACKAGES=1 skips that step).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/deps.sh --test
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads 2
+# Every fuzz target for 60 s (PERAPERA_FUZZ_SECONDS overrides), two at a time.
+fuzz/run.sh "${PERAPERA_FUZZ_SECONDS:-60}"
 if [ "${PERAPERA_SKIP_PACKAGES:-0}" != 1 ]; then
     make --no-print-directory check-packages
 fi

@@ -64,6 +64,11 @@ if [ $want_test -eq 1 ]; then
         echo "deps: installing tansu 0.6.0 (about 10 minutes on 2 cores, once)" >&2
         cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
     fi
+    # cargo fuzz, for the fuzz targets (fuzz/run.sh, on the stable toolchain).
+    if ! cargo fuzz --version 2>/dev/null | grep -q "0.13.2"; then
+        echo "deps: installing cargo-fuzz 0.13.2 (about 1.5 minutes, once)" >&2
+        cargo install --locked cargo-fuzz --version 0.13.2
+    fi
     # An independent Kafka client for the end-to-end tests.
     if ! python3 -c "import confluent_kafka, msgpack" 2>/dev/null; then
         echo "deps: installing confluent-kafka and msgpack from PyPI" >&2
