@@ -3,6 +3,10 @@
 //! drops anything on its own: it classifies failures, and the pipeline applies the policy.
 
 pub mod forward;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(not(feature = "kafka"))]
+#[path = "kafka_disabled.rs"]
 pub mod kafka;
 pub mod stdout;
 

@@ -23,32 +23,7 @@ use crate::config::{JournalConfig, JournalMatch, StartAt};
 use crate::ops::metrics::Stats;
 use crate::record::{Position, Record, Value};
 
-/// How the reader positions itself at start.
-#[derive(Debug, Clone)]
-pub enum Start {
-    /// Resume after this cursor (the last acknowledged entry).
-    After(String),
-    /// No checkpoint: the configured `start_at`.
-    Fresh(StartAt),
-}
-
-/// Settings for one journal reader thread.
-pub struct JournalReader {
-    /// Index of the source in the config (tags batches).
-    pub index: usize,
-    /// Source name (for logs).
-    pub name: String,
-    /// The source's config.
-    pub config: JournalConfig,
-    /// Where to begin.
-    pub start: Start,
-    /// Most entries in one batch.
-    pub batch_entries: usize,
-    /// A batch is handed over once it holds this many bytes.
-    pub batch_bytes: usize,
-    /// Counters.
-    pub stats: Arc<Stats>,
-}
+pub use super::journal_settings::{JournalReader, Start};
 
 const WAIT: Duration = Duration::from_millis(200);
 /// Call `sd_journal_process` this often while catching up, so that rotated-away (deleted)

@@ -10,7 +10,12 @@ pub mod files;
 pub mod format;
 pub mod forward;
 pub mod identity;
+#[cfg(feature = "journal")]
 pub mod journal;
+#[cfg(not(feature = "journal"))]
+#[path = "journal_disabled.rs"]
+pub mod journal;
+mod journal_settings;
 pub mod lines;
 
 use std::sync::Arc;

@@ -1,0 +1,43 @@
+//! Stand-in for the Kafka sink in builds without the `kafka` cargo feature (the fuzz targets
+//! are built so, without librdkafka): a Kafka sink in the config is refused at start with a
+//! message that says why.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Ack, Outgoing, SendError};
+use crate::config::KafkaConfig;
+
+/// No Kafka sink can be created in this build.
+pub enum KafkaSink {}
+
+impl KafkaSink {
+    /// Refuses: there is no Kafka support in this build.
+    pub fn new(
+        _config: KafkaConfig,
+        _acks: mpsc::UnboundedSender<Ack>,
+    ) -> Result<KafkaSink, String> {
+        Err("this perapera was built without Kafka support (cargo feature \"kafka\")".into())
+    }
+
+    /// Unreachable: no [`KafkaSink`] exists in this build.
+    pub fn payload_limit(&self) -> usize {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn send(&mut self, _out: Outgoing<'_>) -> Result<(), SendError> {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn recreate(&mut self) -> Result<(), String> {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn close(self, _timeout: Duration) {
+        match self {}
+    }
+}

@@ -1,0 +1,34 @@
+//! What the pipeline hands a journal source: where to start and the reader's settings.
+//! Shared by the journal source and its stand-in in builds without the `journal` feature.
+
+use std::sync::Arc;
+
+use crate::config::{JournalConfig, StartAt};
+use crate::ops::metrics::Stats;
+
+/// How the reader positions itself at start.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Resume after this cursor (the last acknowledged entry).
+    After(String),
+    /// No checkpoint: the configured `start_at`.
+    Fresh(StartAt),
+}
+
+/// Settings for one journal reader thread.
+pub struct JournalReader {
+    /// Index of the source in the config (tags batches).
+    pub index: usize,
+    /// Source name (for logs).
+    pub name: String,
+    /// The source's config.
+    pub config: JournalConfig,
+    /// Where to begin.
+    pub start: Start,
+    /// Most entries in one batch.
+    pub batch_entries: usize,
+    /// A batch is handed over once it holds this many bytes.
+    pub batch_bytes: usize,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
