@@ -724,9 +724,22 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let line = 1 + bytes[..at].iter().filter(|b| **b == b'\n').count();
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "not UTF-8 text: invalid byte 0x{:02x} at line {line} (byte offset {at}); \
+                     a config file is UTF-8 TOML",
+                    bytes.get(at).copied().unwrap_or(0)
+                ),
+            }
         })?;
         Config::parse(&text, path)
     }
@@ -1294,12 +1307,17 @@ fn files_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKind
         None | Some(RawStartAt::Beginning) => FileStart::Beginning,
         Some(RawStartAt::End) => FileStart::End,
         Some(other) => {
+            let word = if other == RawStartAt::Head {
+                "head"
+            } else {
+                "tail"
+            };
             return Err(invalid(
                 &format!("{here} start_at"),
                 format!(
-                "{other:?} is for journal sources; a files source takes \"beginning\" or \"end\""
-            ),
-            ))
+                    "\"{word}\" is for journal sources; a files source takes \"beginning\" or \"end\""
+                ),
+            ));
         }
     };
     let max_line_bytes = bytes(

@@ -115,8 +115,12 @@ impl JournalReader {
                     return Ok(());
                 }
                 self.report_gap(j, cursor);
-                // Step back so that the read loop's next() returns this entry.
-                j.previous().map_err(|e| err("previous", e))?;
+                // Seek to this entry's own cursor, so that the read loop's next() returns it.
+                // (Stepping back with previous() loses it when it is the journal's first
+                // entry: there is nothing to step back to, and next() moves past it.)
+                let landed = j.cursor().map_err(|e| err("cursor", e))?;
+                j.seek_cursor(landed.as_str())
+                    .map_err(|e| err("seek_cursor", e))?;
                 Ok(())
             }
         }

@@ -1,6 +1,7 @@
 //! Integration tests: the perapera binary against real journal files (written by
 //! systemd-journal-remote), librdkafka's mock cluster and a tansu broker process.
 
+mod bad_input;
 mod cli;
 mod faults;
 mod files;
