@@ -9,6 +9,7 @@ scripts/deps.sh --test
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads 2
+cat target/chaos-report.txt
 # Every fuzz target for 60 s (PERAPERA_FUZZ_SECONDS overrides), two at a time.
 fuzz/run.sh "${PERAPERA_FUZZ_SECONDS:-60}"
 if [ "${PERAPERA_SKIP_PACKAGES:-0}" != 1 ]; then

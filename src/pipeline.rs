@@ -233,14 +233,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     None => Start::Fresh(jc.start_at),
                 };
                 tracing::info!(source = %source.name, start = ?start, "Opening journal source");
-                journal::spawn_prober(
-                    index,
-                    source.name.clone(),
-                    jc.clone(),
-                    stats.clone(),
-                    stop.clone(),
-                );
-                JournalReader {
+                let reader = JournalReader {
                     index,
                     name: source.name.clone(),
                     config: jc.clone(),
@@ -249,7 +242,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     batch_bytes,
                     stats: stats.clone(),
                 }
-                .spawn(batch_tx.clone(), stop.clone())
+                .spawn(batch_tx.clone(), stop.clone());
+                // Once the journal opened: a journal that cannot be opened is reported once.
+                if reader.is_ok() {
+                    journal::spawn_prober(
+                        index,
+                        source.name.clone(),
+                        jc.clone(),
+                        stats.clone(),
+                        stop.clone(),
+                    );
+                }
+                reader
             }
             SourceKind::Files(fc) => {
                 let saved = checkpoint

@@ -2,6 +2,7 @@
 //! systemd-journal-remote), librdkafka's mock cluster and a tansu broker process.
 
 mod bad_input;
+mod chaos;
 mod cli;
 mod faults;
 mod files;
