@@ -16,6 +16,19 @@ fn corpus(kind: &str) -> PathBuf {
         .join(kind)
 }
 
+/// A config: the journal in `journal` to stdout, state in `state`, no metrics endpoint.
+fn journal_to_stdout(dir: &Path, state: &Path, journal: &Path) -> PathBuf {
+    config_file(
+        dir,
+        &format!(
+            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"off\"\n[[source]]\ntype = \"journal\"\n\
+             directory = \"{}\"\n[sink]\ntype = \"stdout\"\n",
+            state.display(),
+            journal.display()
+        ),
+    )
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -98,15 +111,7 @@ fn checkpoint_corpus_is_refused_untouched_or_reported_as_a_gap() {
     let journal = dir.path().join("journal");
     write_journal(&journal, &entries(0, 3));
     let state = dir.path().join("state");
-    let config = config_file(
-        dir.path(),
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"off\"\n[[source]]\ntype = \"journal\"\n\
-             directory = \"{}\"\n[sink]\ntype = \"stdout\"\n",
-            state.display(),
-            journal.display()
-        ),
-    );
+    let config = journal_to_stdout(dir.path(), &state, &journal);
     let expectations = checkpoint_expectations();
     let cases = files_in(&corpus("checkpoint"));
     assert_eq!(
@@ -249,15 +254,7 @@ fn hostile_journal_entries_and_broken_journal_files() {
     getrandom_fill(&mut noise);
     std::fs::write(journal.join("noise.journal"), &noise).unwrap();
 
-    let config = config_file(
-        dir.path(),
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"off\"\n[[source]]\ntype = \"journal\"\n\
-             directory = \"{}\"\n[sink]\ntype = \"stdout\"\n",
-            dir.path().join("state").display(),
-            journal.display()
-        ),
-    );
+    let config = journal_to_stdout(dir.path(), &dir.path().join("state"), &journal);
     let mut agent = Agent::start(&config);
     let lines = read_lines(
         &mut agent,
@@ -414,11 +411,7 @@ fn forward_record_with_ten_thousand_fields() {
         ),
     );
     let mut agent = Agent::start(&config);
-    let end = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "{}", agent.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(port, Duration::from_secs(20), "the forward source");
     let script = "import sys\nfrom fluent import sender\n\
                   s = sender.FluentSender('wide', host='127.0.0.1', port=int(sys.argv[1]), timeout=30)\n\
                   ok = s.emit('rec', {('k%d' % i): i for i in range(10000)})\n\
@@ -465,15 +458,7 @@ fn read_only_state_directory_is_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config = config_file(
-        dir.path(),
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"off\"\n[[source]]\ntype = \"journal\"\n\
-             directory = \"{}\"\n[sink]\ntype = \"stdout\"\n",
-            state.display(),
-            journal.display()
-        ),
-    );
+    let config = journal_to_stdout(dir.path(), &state, &journal);
     let out = perapera(&["run", "-c", config.to_str().unwrap()]);
     let _ = Command::new("umount").arg("-l").arg(&state).status();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -71,19 +71,11 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("tansu (./test.sh installs it)");
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", inner)).is_err() {
-            assert!(Instant::now() < end, "tansu did not listen on {inner}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port(inner, Duration::from_secs(30), "tansu");
         let up = Arc::new(AtomicBool::new(true));
         let flag = up.clone();
         std::thread::spawn(move || proxy(port, inner, &flag));
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "proxy did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_port(port, Duration::from_secs(10), "the proxy");
         Broker {
             port,
             up,

@@ -446,6 +446,15 @@ pub fn seq_counts(messages: &[Consumed]) -> (HashMap<u64, usize>, usize) {
     (counts, dups)
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_port(port: u16, timeout: Duration, what: &str) {
+    let end = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -508,11 +517,7 @@ impl Tansu {
                     tansu_bin().display()
                 )
             });
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_port(port, Duration::from_secs(30), "tansu");
         Tansu {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
