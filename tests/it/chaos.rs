@@ -306,9 +306,10 @@ fn chaos_kills_and_outages_lose_no_tracer() {
         || outages < 5
         || kills.load(Ordering::Relaxed) < 20
         || terms.load(Ordering::Relaxed) < 5
+        || pauses < 2
     {
         std::thread::sleep(rng.millis(3000, 8000));
-        if rng.next().is_multiple_of(4) {
+        if rng.next().is_multiple_of(4) || (outages >= 5 && pauses < 2) {
             let d = rng.millis(2000, 10_000);
             broker.signal(libc::SIGSTOP);
             std::thread::sleep(d);
@@ -399,7 +400,7 @@ fn chaos_kills_and_outages_lose_no_tracer() {
         "{line}\nlost: {:?}",
         &lost[..lost.len().min(20)]
     );
-    assert!(k >= 20 && t >= 5 && outages >= 5, "{line}");
+    assert!(k >= 20 && t >= 5 && outages >= 5 && pauses >= 2, "{line}");
     // Every interruption can re-send at most the window.
     let bound = (k + t + u64::from(outages) + u64::from(pauses)) * WINDOW;
     assert!(duplicated <= bound, "{line}: duplicates above {bound}");
