@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,42 +46,18 @@ impl Rng {
 struct Broker {
     port: u16,
     up: Arc<AtomicBool>,
-    child: Child,
-    _dir: tempfile::TempDir,
+    tansu: Tansu,
 }
 
 impl Broker {
     fn start() -> Broker {
         let (port, inner) = (free_port(), free_port());
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(tansu_bin())
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{inner}"),
-            ])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("tansu (./test.sh installs it)");
-        wait_port(inner, Duration::from_secs(30), "tansu");
+        let tansu = Tansu::start_advertising(inner, port);
         let up = Arc::new(AtomicBool::new(true));
         let flag = up.clone();
         std::thread::spawn(move || proxy(port, inner, &flag));
         wait_port(port, Duration::from_secs(10), "the proxy");
-        Broker {
-            port,
-            up,
-            child,
-            _dir: dir,
-        }
+        Broker { port, up, tansu }
     }
 
     fn set_up(&self, up: bool) {
@@ -91,18 +67,14 @@ impl Broker {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        self.tansu.signal(sig);
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A paused broker must not stay paused; Tansu's drop kills it.
         self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -176,21 +148,7 @@ fn chaos_kills_and_outages_lose_no_tracer() {
     std::fs::create_dir_all(&logs).unwrap();
     write_journal(&journal, &[]);
     let broker = Broker::start();
-    let out = Command::new(tansu_bin())
-        .args([
-            "topic",
-            "create",
-            "--broker",
-            &format!("tcp://127.0.0.1:{}", broker.port),
-        ])
-        .args(["--partitions", "2", TOPIC])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    broker.tansu.create_topic(TOPIC, 2);
     let metrics_port = free_port();
     eprintln!(
         "chaos: metrics on 127.0.0.1:{metrics_port}, state {}",

@@ -494,17 +494,22 @@ impl Tansu {
 
     /// A broker on a port chosen beforehand (an agent was pointed at it while it was down).
     pub fn start_on(port: u16) -> Tansu {
+        Tansu::start_advertising(port, port)
+    }
+
+    /// A broker listening on `port` that tells clients to connect to `advertised` (a proxy in
+    /// front of it); `bootstrap` is the advertised address.
+    pub fn start_advertising(port: u16, advertised: u16) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(tansu_bin())
             .current_dir(dir.path())
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{advertised}"),
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(log.try_clone().unwrap())
@@ -520,8 +525,16 @@ impl Tansu {
         wait_port(port, Duration::from_secs(30), "tansu");
         Tansu {
             child,
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: format!("127.0.0.1:{advertised}"),
             _dir: dir,
+        }
+    }
+
+    /// Sends `sig` to the broker process (SIGSTOP/SIGCONT to pause it).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
         }
     }
 
