@@ -325,6 +325,17 @@ fn check(config: &Config) -> Result<(), Failure> {
         match &saved {
             Ok(cp) => match cp.sources.get(&s.name) {
                 Some(SourceCheckpoint::Journal { cursor, .. }) => {
+                    if let SourceKind::Journal(jc) = &s.kind {
+                        match perapera::source::journal::check_cursor(&s.name, jc, cursor) {
+                            Ok(()) => {}
+                            Err(e @ SourceError::BadCursor { .. }) => {
+                                return Err((EX_DATAERR, e.to_string()))
+                            }
+                            Err(e) => {
+                                println!("  cannot open the journal to check the cursor: {e}")
+                            }
+                        }
+                    }
                     println!("  resumes after cursor {cursor}")
                 }
                 Some(SourceCheckpoint::Files { files }) => {

@@ -281,6 +281,19 @@ pub fn open_journal(name: &str, config: &JournalConfig) -> Result<Journal, Sourc
     Ok(j)
 }
 
+/// Checks that the journal accepts `cursor` (what `run` would seek to), for `perapera check`.
+/// `BadCursor` if it rejects it; `Open` if the journal cannot be opened.
+pub fn check_cursor(name: &str, config: &JournalConfig, cursor: &str) -> Result<(), SourceError> {
+    let mut j = open_journal(name, config)?;
+    j.seek_cursor(cursor)
+        .map(|_| ())
+        .map_err(|e| SourceError::BadCursor {
+            source_name: name.to_string(),
+            cursor: cursor.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// How often the lag prober looks at the newest entry.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 

@@ -40,6 +40,11 @@ pub fn open_journal(name: &str, _config: &JournalConfig) -> Result<Journal, Sour
     })
 }
 
+/// Refuses: there is no journal support in this build.
+pub fn check_cursor(name: &str, config: &JournalConfig, _cursor: &str) -> Result<(), SourceError> {
+    open_journal(name, config).map(|_| ())
+}
+
 /// Nothing to measure without a journal.
 pub fn spawn_prober(
     _index: usize,
