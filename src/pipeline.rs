@@ -99,10 +99,10 @@ struct SourceState {
     acked: Acked,
     /// `acked` changed since the checkpoint was last written.
     dirty: bool,
-    /// Journal sources: the entry time in the checkpoint loaded at start (0: none).
-    saved_entry_us: u64,
-    /// Journal sources: no checkpoint and `start_at = "head"` (everything is backlog).
-    from_head: bool,
+    /// Journal sources: the entry time in the checkpoint loaded at start.
+    saved_entry_us: Option<u64>,
+    /// Journal sources: where reading starts without a checkpoint (for the lag).
+    start_at: crate::config::StartAt,
 }
 
 /// What a source's checkpoint will say.
@@ -318,10 +318,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 },
                 dirty: false,
                 saved_entry_us: match checkpoint.sources.get(&s.name) {
-                    Some(SourceCheckpoint::Journal { entry_time_us, .. }) => *entry_time_us,
-                    _ => 0,
+                    Some(SourceCheckpoint::Journal { entry_time_us, .. }) => Some(*entry_time_us),
+                    _ => None,
                 },
-                from_head: matches!(&s.kind, SourceKind::Journal(j) if j.start_at == crate::config::StartAt::Head),
+                start_at: match &s.kind {
+                    SourceKind::Journal(j) => j.start_at,
+                    _ => crate::config::StartAt::Head,
+                },
             })
             .collect(),
         sink,
@@ -497,17 +500,13 @@ impl Pipeline {
             }
             let lag_ms = match &source.acked {
                 Acked::Journal(acked) => {
-                    let acked_us = acked.as_ref().map_or(source.saved_entry_us, |(_, t)| *t);
-                    counters.acked_entry_us.store(acked_us, Ordering::Relaxed);
-                    let newest = counters.newest_us.load(Ordering::Relaxed);
-                    let base = if acked_us > 0 {
-                        acked_us
-                    } else if source.from_head {
-                        counters.oldest_us.load(Ordering::Relaxed)
-                    } else {
-                        newest
-                    };
-                    newest.saturating_sub(base) / 1000
+                    let acked = acked.as_ref().map(|(_, t)| *t).or(source.saved_entry_us);
+                    journal::lag_us(
+                        counters.newest_us.load(Ordering::Relaxed),
+                        counters.oldest_us.load(Ordering::Relaxed),
+                        acked,
+                        source.start_at,
+                    ) / 1000
                 }
                 Acked::Files(files) => files
                     .entries()

@@ -100,12 +100,8 @@ pub fn report(config: &Config, cp: &Checkpoint, now_ms: u64) -> Vec<SourceReport
                 {
                     Ok(Some((newest, oldest))) => {
                         r.newest_entry = Some(format_time(newest));
-                        let base = match (acked, jc.start_at) {
-                            (Some(t), _) => t,
-                            (None, crate::config::StartAt::Head) => oldest,
-                            (None, crate::config::StartAt::Tail) => newest,
-                        };
-                        r.lag_seconds = Some(newest.saturating_sub(base) as f64 / 1e6);
+                        let lag = journal::lag_us(newest, oldest, acked, jc.start_at);
+                        r.lag_seconds = Some(lag as f64 / 1e6);
                     }
                     Ok(None) => r.lag_seconds = Some(0.0),
                     Err(e) => {

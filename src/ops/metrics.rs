@@ -35,8 +35,6 @@ pub struct SourceStats {
     pub newest_us: AtomicU64,
     /// Realtime (µs) of the oldest entry the source holds (journal sources; 0: unknown).
     pub oldest_us: AtomicU64,
-    /// Realtime (µs) of the last acknowledged entry (journal sources; 0: none yet).
-    pub acked_entry_us: AtomicU64,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -141,8 +139,6 @@ static PROCESS_START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 pub struct Stats {
     /// One per configured source, in config order.
     pub sources: Vec<SourceStats>,
-    /// `perapera_sink_retries_total` (all reasons).
-    pub sink_retries: AtomicU64,
     /// The sink's type, the `sink` label.
     pub sink: String,
     /// `perapera_sink_retries_total` by reason.
@@ -193,7 +189,6 @@ impl Stats {
 
     /// Counts a sink failure that leaves its entries in flight.
     pub fn sink_failure(&self, reason: &'static str, error: &str) {
-        self.sink_retries.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.sink_failures.lock() {
             *m.entry(reason).or_default() += 1;
         }

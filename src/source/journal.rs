@@ -23,7 +23,7 @@ use crate::config::{JournalConfig, JournalMatch, StartAt};
 use crate::ops::metrics::Stats;
 use crate::record::{Position, Record, Value};
 
-pub use super::journal_settings::{JournalReader, Start};
+pub use super::journal_settings::{lag_us, JournalReader, Start};
 
 const WAIT: Duration = Duration::from_millis(200);
 /// Call `sd_journal_process` this often while catching up, so that rotated-away (deleted)

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-pub use super::journal_settings::{JournalReader, Start};
+pub use super::journal_settings::{lag_us, JournalReader, Start};
 use super::{Batch, SourceError};
 use crate::config::JournalConfig;
 use crate::ops::metrics::Stats;

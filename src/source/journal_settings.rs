@@ -15,6 +15,18 @@ pub enum Start {
     Fresh(StartAt),
 }
 
+/// How far (µs) the acknowledged position of a journal source is behind its newest entry:
+/// from the last acknowledged entry, or, with none yet, from the oldest entry when starting
+/// at the head (everything is backlog) and from the newest when starting at the tail.
+pub fn lag_us(newest: u64, oldest: u64, acked: Option<u64>, start_at: StartAt) -> u64 {
+    let base = match (acked, start_at) {
+        (Some(t), _) => t,
+        (None, StartAt::Head) => oldest,
+        (None, StartAt::Tail) => newest,
+    };
+    newest.saturating_sub(base)
+}
+
 /// Settings for one journal reader thread.
 pub struct JournalReader {
     /// Index of the source in the config (tags batches).
