@@ -463,15 +463,10 @@ fn read_only_state_directory_is_a_clear_error() {
         0,
         "mounting a read-only tmpfs needs root"
     );
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+            .arg(&state),
     );
     let config = journal_to_stdout(dir.path(), &state, &journal);
     let out = perapera(&["run", "-c", config.to_str().unwrap()]);

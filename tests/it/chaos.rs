@@ -296,22 +296,14 @@ fn chaos_kills_and_outages_lose_no_tracer() {
     // up (it reads until every tracer was seen and the topic stayed quiet for 5 s).
     let mut agent = agent.lock().unwrap().take().unwrap();
     max_rss.fetch_max(rss_mib(agent.child.id()), Ordering::Relaxed);
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/count_tracers.py"
-        ))
-        .args([
-            &format!("127.0.0.1:{}", broker.port),
-            TOPIC,
-            &(jn + fnum).to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("python3")
+            .arg(repo().join("tests/py/count_tracers.py"))
+            .args([
+                &format!("127.0.0.1:{}", broker.port),
+                TOPIC,
+                &(jn + fnum).to_string(),
+            ]),
     );
     max_rss.fetch_max(rss_mib(agent.child.id()), Ordering::Relaxed);
     agent.signal(libc::SIGTERM);

@@ -80,15 +80,11 @@ impl Scrape {
 }
 
 fn scrape(port: u16) -> Scrape {
-    let out = Command::new("python3")
-        .arg(repo().join("tests/py/parse_metrics.py"))
-        .arg(format!("http://127.0.0.1:{port}/metrics"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client could not parse /metrics: {}",
-        String::from_utf8_lossy(&out.stderr)
+    // Fails if prometheus_client cannot parse the exposition.
+    let out = output_ok(
+        Command::new("python3")
+            .arg(repo().join("tests/py/parse_metrics.py"))
+            .arg(format!("http://127.0.0.1:{port}/metrics")),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     Scrape {
@@ -107,10 +103,6 @@ fn scrape(port: u16) -> Scrape {
             .collect(),
         text: v["text"].as_str().unwrap().to_string(),
     }
-}
-
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Collects datagrams sent to a NOTIFY_SOCKET, with their arrival time.
@@ -450,15 +442,11 @@ fn metrics_match_what_was_shipped_and_health_turns_503_while_the_sink_fails() {
 /// and variables name present in a live /metrics.
 fn check_dashboard(live: &Scrape) {
     let path = repo().join("packaging/grafana/perapera.json");
-    let out = Command::new("node")
-        .arg(repo().join("tests/node/check_dashboard.js"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the dashboard does not match Grafana's dashboard model:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Fails, with tsc's errors, if it does not match Grafana's dashboard model.
+    output_ok(
+        Command::new("node")
+            .arg(repo().join("tests/node/check_dashboard.js"))
+            .arg(&path),
     );
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

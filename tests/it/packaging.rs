@@ -3,26 +3,18 @@
 //! the Kubernetes schemas, then checked for mounts, probes and grace period), the Prometheus
 //! alert rules (promtool check and unit tests), shell completions and man pages.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::*;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
+/// `cmd`'s stdout and stderr; it must succeed.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (./test.sh installs it)"));
-    let text = format!(
+    let out = output_ok(cmd);
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
+    )
 }
 
 #[test]

@@ -116,6 +116,25 @@ pub fn journal_cursors(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The repository (for scripts and packaging files the tests use).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `cmd` to completion; panics naming it, with its output, unless it succeeded.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (./test.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The perapera binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_perapera")
