@@ -38,23 +38,59 @@ fn write_value(buf: &mut Vec<u8>, value: &Value) {
 /// Appends the fields as a MessagePack map to `buf`.
 pub fn fields_into(fields: &[(String, Value)], buf: &mut Vec<u8>) {
     let _ = rmp::encode::write_map_len(buf, fields.len() as u32);
+    fields_entries_into(fields, buf);
+}
+
+/// Appends the fields as map entries (no header) to `buf`.
+pub fn fields_entries_into(fields: &[(String, Value)], buf: &mut Vec<u8>) {
     for (name, value) in fields {
         let _ = rmp::encode::write_str(buf, name);
         write_value(buf, value);
     }
 }
 
-/// Encodes the record's fields as a MessagePack map into `buf` (cleared first).
+/// Copies the record's MessagePack map into `buf` (cleared first).
 pub fn msgpack_into(record: &Record, buf: &mut Vec<u8>) {
     buf.clear();
-    fields_into(&record.fields, buf);
+    buf.extend_from_slice(record.msgpack());
 }
 
-/// Encodes the record's fields as a MessagePack map.
+/// The record's fields as a MessagePack map.
 pub fn msgpack(record: &Record) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(record.byte_size() + 64);
-    msgpack_into(record, &mut buf);
-    buf
+    record.msgpack().to_vec()
+}
+
+// The hot-path writers: sources encode a record's map with these while reading, without
+// building fields first (see `Record::from_msgpack`).
+
+/// A map header for `n` entries.
+pub fn write_map_len(buf: &mut Vec<u8>, n: usize) {
+    let _ = rmp::encode::write_map_len(buf, n as u32);
+}
+
+/// An array header for `n` items.
+pub fn write_array_len(buf: &mut Vec<u8>, n: usize) {
+    let _ = rmp::encode::write_array_len(buf, n as u32);
+}
+
+/// A text key or value (`str`).
+pub fn write_str(buf: &mut Vec<u8>, s: &str) {
+    let _ = rmp::encode::write_str(buf, s);
+}
+
+/// Bytes as `str` when they are valid UTF-8, else as `bin`: nothing is lost or mangled.
+pub fn write_text(buf: &mut Vec<u8>, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => write_str(buf, s),
+        Err(_) => {
+            let _ = rmp::encode::write_bin(buf, bytes);
+        }
+    }
+}
+
+/// An unsigned integer in its smallest form.
+pub fn write_uint(buf: &mut Vec<u8>, n: u64) {
+    let _ = rmp::encode::write_uint(buf, n);
 }
 
 /// A JSON object: binary values become `{"$base64": "..."}` so that they stay byte-exact and
@@ -162,7 +198,7 @@ impl Serialize for JsonFields<'_> {
 /// Appends the record as one JSON line (with `\n`) to `buf`.
 pub fn json_line_into(record: &Record, buf: &mut Vec<u8>) {
     // Serialising strings, integers and maps into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, &JsonFields(&record.fields));
+    let _ = serde_json::to_writer(&mut *buf, &JsonFields(&record.fields()));
     buf.push(b'\n');
 }
 
@@ -172,8 +208,8 @@ mod tests {
 
     #[test]
     fn msgpack_types_are_str_bin_int_array() {
-        let r = Record {
-            fields: vec![
+        let r = Record::from_fields(
+            &[
                 ("MESSAGE".into(), Value::Str("héllo".into())),
                 ("BLOB".into(), Value::Bin(vec![0, 0xff, 10])),
                 (
@@ -185,8 +221,9 @@ mod tests {
                     Value::Array(vec![Value::Str("a".into()), Value::Bin(vec![0xfe])]),
                 ),
             ],
-            ..Record::default()
-        };
+            0,
+            crate::record::Position::default(),
+        );
         let bytes = msgpack(&r);
         let v = rmpv::decode::read_value(&mut bytes.as_slice()).unwrap();
         let map = v.as_map().unwrap();
@@ -203,13 +240,14 @@ mod tests {
 
     #[test]
     fn json_marks_binary_values() {
-        let r = Record {
-            fields: vec![
+        let r = Record::from_fields(
+            &[
                 ("M".into(), Value::Str("x\"y".into())),
                 ("B".into(), Value::Bin(vec![0xff])),
             ],
-            ..Record::default()
-        };
+            0,
+            crate::record::Position::default(),
+        );
         let mut buf = Vec::new();
         json_line_into(&r, &mut buf);
         assert_eq!(

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod encode;
 pub mod forward;
+pub mod msgpack;
 pub mod ops;
 pub mod pipeline;
 pub mod record;

@@ -865,16 +865,14 @@ fn truncate_to(record: &mut Record, target: usize) -> bool {
 fn dead_letter_stub(record: &Record, position: &Position, original: usize, reason: &str) -> Record {
     const KEEP: usize = 1024;
     let mut fields: Vec<(String, Value)> = record
-        .fields
-        .iter()
+        .fields()
+        .into_iter()
         .map(|(n, v)| {
             if v.len() <= KEEP {
-                (n.clone(), v.clone())
+                (n, v)
             } else {
-                (
-                    n.clone(),
-                    Value::Str(format!("<{} bytes omitted>", v.len())),
-                )
+                let omitted = Value::Str(format!("<{} bytes omitted>", v.len()));
+                (n, omitted)
             }
         })
         .collect();
@@ -887,11 +885,7 @@ fn dead_letter_stub(record: &Record, position: &Position, original: usize, reaso
         "_PERAPERA_POSITION".into(),
         Value::Str(position.to_string()),
     ));
-    Record {
-        fields,
-        time_ns: record.time_ns,
-        position: Position::default(),
-    }
+    Record::from_fields(&fields, record.time_ns, Position::default())
 }
 
 #[cfg(test)]
@@ -907,48 +901,46 @@ mod tests {
 
     #[test]
     fn truncation_fits_and_marks() {
-        let mut r = Record {
-            fields: vec![
+        let mut r = Record::from_fields(
+            &[
                 ("MESSAGE".into(), Value::Str("ü".repeat(300_000))),
                 ("_HOSTNAME".into(), Value::Str("h".into())),
             ],
-            ..Record::default()
-        };
+            0,
+            Position::default(),
+        );
         let original = encode::msgpack(&r).len();
         assert!(truncate_to(&mut r, 100_000));
         assert!(encode::msgpack(&r).len() <= 100_000);
         assert_eq!(
             r.get("_PERAPERA_TRUNCATED"),
-            Some(&Value::UInt(original as u64))
+            Some(Value::UInt(original as u64))
         );
-        assert_eq!(r.get("_HOSTNAME"), Some(&Value::Str("h".into())));
-        let mut tiny = Record {
-            fields: vec![("N".into(), Value::UInt(1))],
-            ..Record::default()
-        };
+        assert_eq!(r.get("_HOSTNAME"), Some(Value::Str("h".into())));
+        let mut tiny = Record::from_fields(&[("N".into(), Value::UInt(1))], 0, Position::default());
         assert!(!truncate_to(&mut tiny, 3));
     }
 
     #[test]
     fn dead_letter_stub_keeps_metadata() {
-        let r = Record {
-            fields: vec![
+        let r = Record::from_fields(
+            &[
                 ("MESSAGE".into(), Value::Str("x".repeat(5000))),
                 ("_SYSTEMD_UNIT".into(), Value::Str("a.service".into())),
             ],
-            time_ns: 5,
-            position: Position::default(),
-        };
+            5,
+            Position::default(),
+        );
         let s = dead_letter_stub(&r, &Position::Cursor("s=1;i=2".into()), 5050, "too large");
         assert_eq!(s.get("_SYSTEMD_UNIT"), r.get("_SYSTEMD_UNIT"));
         assert_eq!(
             s.get("MESSAGE"),
-            Some(&Value::Str("<5000 bytes omitted>".into()))
+            Some(Value::Str("<5000 bytes omitted>".into()))
         );
         assert_eq!(
             s.get("_PERAPERA_POSITION"),
-            Some(&Value::Str("s=1;i=2".into()))
+            Some(Value::Str("s=1;i=2".into()))
         );
-        assert_eq!(s.get("_PERAPERA_ORIGINAL_BYTES"), Some(&Value::UInt(5050)));
+        assert_eq!(s.get("_PERAPERA_ORIGINAL_BYTES"), Some(Value::UInt(5050)));
     }
 }

@@ -52,28 +52,6 @@ impl Value {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The text of this value for templates: the first element of an array, integers in
-    /// decimal, binary values lossily.
-    fn render(&self, out: &mut String) {
-        match self {
-            Value::Str(s) => out.push_str(s),
-            Value::Bin(b) => out.push_str(&String::from_utf8_lossy(b)),
-            Value::UInt(n) => out.push_str(&n.to_string()),
-            Value::Array(items) => {
-                if let Some(first) = items.first() {
-                    first.render(out)
-                }
-            }
-            Value::Msgpack(b) => match rmpv::decode::read_value(&mut b.as_slice()) {
-                Ok(rmpv::Value::Boolean(v)) => out.push_str(&v.to_string()),
-                Ok(rmpv::Value::Integer(v)) => out.push_str(&v.to_string()),
-                Ok(rmpv::Value::F32(v)) => out.push_str(&v.to_string()),
-                Ok(rmpv::Value::F64(v)) => out.push_str(&v.to_string()),
-                _ => {}
-            },
-        }
-    }
 }
 
 /// A file as read: its identity and the path it had when the line was read.
@@ -145,43 +123,110 @@ impl fmt::Display for Position {
 }
 
 /// One log entry on its way to the sink.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The fields are kept as the MessagePack map that is the Kafka value (and the forward
+/// record): sources encode straight into it while reading, sinks send its bytes as they
+/// are, and templates look fields up in it without decoding. Editing a record (truncation,
+/// dead-letter stubs) decodes and re-encodes it; that is the rare path.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// Fields in encoding order; names are unique.
-    pub fields: Vec<(String, Value)>,
+    /// A MessagePack map with text keys, names unique.
+    map: Vec<u8>,
     /// The entry's time in nanoseconds since the Unix epoch (the Kafka timestamp source).
     pub time_ns: u64,
     /// Where this entry is in its source; persisted once acknowledged.
     pub position: Position,
 }
 
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            map: vec![0x80],
+            time_ns: 0,
+            position: Position::default(),
+        }
+    }
+}
+
 impl Record {
-    /// The value of a field, if present.
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    /// A record of these fields (names unique, in encoding order).
+    pub fn from_fields(fields: &[(String, Value)], time_ns: u64, position: Position) -> Record {
+        let mut map = Vec::with_capacity(
+            fields
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 10)
+                .sum::<usize>()
+                + 5,
+        );
+        crate::encode::fields_into(fields, &mut map);
+        Record {
+            map,
+            time_ns,
+            position,
+        }
+    }
+
+    /// A record whose fields a source already encoded as a MessagePack map with unique text
+    /// keys (written with [`crate::encode::write_map_len`] and friends).
+    pub fn from_msgpack(map: Vec<u8>, time_ns: u64, position: Position) -> Record {
+        Record {
+            map,
+            time_ns,
+            position,
+        }
+    }
+
+    /// The fields as one MessagePack map: the Kafka value.
+    pub fn msgpack(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The fields, decoded.
+    pub fn fields(&self) -> Vec<(String, Value)> {
+        crate::msgpack::fields(&self.map)
+    }
+
+    /// The value of a field, if present (decoded).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        crate::msgpack::find(&self.map, name).map(crate::msgpack::value)
+    }
+
+    /// Appends a field's text (see [`crate::msgpack::render`]); false if it is missing.
+    pub fn render_field(&self, name: &str, out: &mut String) -> bool {
+        match crate::msgpack::find(&self.map, name) {
+            Some(raw) => {
+                crate::msgpack::render(raw, out);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sets a field, replacing an existing one of the same name.
     pub fn set(&mut self, name: &str, value: Value) {
-        match self.fields.iter_mut().find(|(n, _)| n == name) {
+        let mut fields = self.fields();
+        match fields.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => *v = value,
-            None => self.fields.push((name.to_string(), value)),
+            None => fields.push((name.to_string(), value)),
         }
+        self.replace_fields(&fields);
     }
 
-    /// Approximate size in bytes: names plus values.
+    fn replace_fields(&mut self, fields: &[(String, Value)]) {
+        self.map.clear();
+        crate::encode::fields_into(fields, &mut self.map);
+    }
+
+    /// Approximate size in bytes: the encoded fields plus the position.
     pub fn byte_size(&self) -> usize {
-        self.fields
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-            + self.position.byte_size()
+        self.map.len() + self.position.byte_size()
     }
 
     /// Cuts the largest field value (UTF-8-safe for text) so that the record shrinks by at
     /// least `excess` bytes. Returns false when there is nothing left to cut.
     pub fn cut_largest(&mut self, excess: usize) -> bool {
-        let Some(largest) = largest_value(&mut self.fields) else {
+        let mut fields = self.fields();
+        let Some(largest) = largest_value(&mut fields) else {
             return false;
         };
         let len = largest.len();
@@ -200,6 +245,7 @@ impl Record {
             Value::Bin(b) => b.truncate(keep),
             Value::UInt(_) | Value::Array(_) | Value::Msgpack(_) => return false,
         }
+        self.replace_fields(&fields);
         true
     }
 }
@@ -319,10 +365,11 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
-                Part::Field { name, default } => match record.get(name) {
-                    Some(v) => v.render(out),
-                    None => out.push_str(default),
-                },
+                Part::Field { name, default } => {
+                    if !record.render_field(name, out) {
+                        out.push_str(default)
+                    }
+                }
             }
         }
     }
@@ -378,13 +425,11 @@ mod tests {
     use super::*;
 
     fn rec(fields: &[(&str, Value)]) -> Record {
-        Record {
-            fields: fields
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.clone()))
-                .collect(),
-            ..Record::default()
-        }
+        let fields: Vec<(String, Value)> = fields
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        Record::from_fields(&fields, 0, Position::default())
     }
 
     #[test]
@@ -441,7 +486,7 @@ mod tests {
         assert!(s.chars().all(|c| c == 'é'));
         let mut r = rec(&[("B", Value::Bin(vec![0xff; 10]))]);
         assert!(r.cut_largest(4));
-        assert_eq!(r.get("B"), Some(&Value::Bin(vec![0xff; 6])));
+        assert_eq!(r.get("B"), Some(Value::Bin(vec![0xff; 6])));
         let mut r = rec(&[("N", Value::UInt(1))]);
         assert!(!r.cut_largest(4));
     }

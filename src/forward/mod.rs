@@ -459,6 +459,13 @@ pub fn write_entry(buf: &mut Vec<u8>, time: Time, record: &[(String, Value)]) {
     encode::fields_into(record, buf);
 }
 
+/// [`write_entry`] for a record already encoded as a MessagePack map.
+pub fn write_entry_encoded(buf: &mut Vec<u8>, time: Time, map: &[u8]) {
+    buf.push(0x92);
+    time.write(buf);
+    buf.extend_from_slice(map);
+}
+
 fn write_options(buf: &mut Vec<u8>, size: Option<u64>, chunk: Option<&Chunk>, gzip: bool) {
     let n = u32::from(size.is_some()) + u32::from(chunk.is_some()) + u32::from(gzip);
     let _ = rmp::encode::write_map_len(buf, n);

@@ -75,10 +75,10 @@ impl ForwardSink {
             Some(o) => o,
             None => self.open.entry(self.tag.clone()).or_default(),
         };
-        forward::write_entry(
+        forward::write_entry_encoded(
             &mut open.entries,
             Time::from_nanos(out.record.time_ns),
-            &out.record.fields,
+            out.record.msgpack(),
         );
         open.ids.push(out.id);
         if open.ids.len() >= self.config.max_chunk_entries

@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 
 use super::{Ack, DeliveryError, Outgoing, SendError};
 use crate::config::KafkaConfig;
-use crate::encode;
 use crate::ops::ratelimit::RateLimit;
 use crate::record::sanitize_topic;
 
@@ -107,7 +106,6 @@ pub struct KafkaSink {
     config: KafkaConfig,
     acks: mpsc::UnboundedSender<Ack>,
     producer: ThreadedProducer<Context>,
-    payload: Vec<u8>,
     topic: String,
     position: String,
     key: String,
@@ -138,7 +136,6 @@ impl KafkaSink {
             config,
             acks,
             producer,
-            payload: Vec::with_capacity(4096),
             topic: String::new(),
             position: String::new(),
             key: String::new(),
@@ -155,11 +152,11 @@ impl KafkaSink {
 
     /// Enqueues one entry; never blocks.
     pub fn send(&mut self, out: Outgoing<'_>) -> Result<(), SendError> {
-        encode::msgpack_into(out.record, &mut self.payload);
-        if self.payload.len() > self.payload_limit() {
+        let payload = out.record.msgpack();
+        if payload.len() > self.payload_limit() {
             return Err(SendError::Failed(DeliveryError::TooLarge(format!(
                 "{} bytes encoded, message.max.bytes is {}",
-                self.payload.len(),
+                payload.len(),
                 self.config.message_max_bytes
             ))));
         }
@@ -195,7 +192,7 @@ impl KafkaSink {
                 value: Some("application/msgpack"),
             });
         let mut record = BaseRecord::with_opaque_to(&self.topic, out.id as usize)
-            .payload(&self.payload[..])
+            .payload(payload)
             .timestamp(timestamp_ms)
             .headers(headers);
         if let Some(k) = &self.config.key {

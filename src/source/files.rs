@@ -44,6 +44,7 @@ use super::lines::{Line, LineReader, Part};
 use super::{Batch, FileEvent, SourceError};
 use crate::checkpoint::FileCheckpoint;
 use crate::config::{FileStart, FilesConfig, LineFormat};
+use crate::encode;
 use crate::ops::metrics::Stats;
 use crate::record::{FileRef, Position, Record, Value};
 
@@ -990,16 +991,11 @@ fn emit_line(
         stats.note(name, "lines_split", 1);
     }
     if config.format == LineFormat::Raw {
-        let rec = make_record(
-            t,
-            Value::from_bytes(line.bytes),
-            None,
-            None,
-            None,
-            line.part,
-            line.end_offset,
-        );
-        out.push(rec);
+        let meta = Meta {
+            part: line.part,
+            ..Meta::default()
+        };
+        out.push(make_record(t, &line.bytes, meta, line.end_offset));
         return;
     }
     if line.part.is_some() {
@@ -1007,20 +1003,12 @@ fn emit_line(
         // they are.
         flush_join(t, out);
         stats.note(name, "unparsed", 1);
-        let mut rec = make_record(
-            t,
-            Value::from_bytes(line.bytes),
-            None,
-            None,
-            None,
-            line.part,
-            line.end_offset,
-        );
-        rec.fields.push((
-            "_PERAPERA_UNPARSED".into(),
-            Value::Str("line longer than max_line_bytes".into()),
-        ));
-        out.push(rec);
+        let meta = Meta {
+            part: line.part,
+            unparsed: Some("line longer than max_line_bytes"),
+            ..Meta::default()
+        };
+        out.push(make_record(t, &line.bytes, meta, line.end_offset));
         return;
     }
     let parsed = match config.format {
@@ -1065,18 +1053,12 @@ fn emit_line(
     if let Err(e) = parsed {
         flush_join(t, out);
         stats.note(name, "unparsed", 1);
-        let mut rec = make_record(
-            t,
-            Value::from_bytes(line.bytes),
-            None,
-            None,
-            None,
-            None,
-            line.end_offset,
-        );
-        rec.fields
-            .push(("_PERAPERA_UNPARSED".into(), Value::Str(e.to_string())));
-        out.push(rec);
+        let reason = e.to_string();
+        let meta = Meta {
+            unparsed: Some(&reason),
+            ..Meta::default()
+        };
+        out.push(make_record(t, &line.bytes, meta, line.end_offset));
     }
 }
 
@@ -1143,52 +1125,71 @@ fn flush_join(t: &mut Tracked, out: &mut Vec<Record>) {
 }
 
 fn joined_record(t: &Tracked, text: Vec<u8>, part: Option<Part>, offset: u64) -> Record {
-    make_record(
-        t,
-        Value::from_bytes(text),
-        t.join.stream,
-        t.join.time.as_deref(),
-        t.join.time_ns,
+    let meta = Meta {
+        stream: t.join.stream,
+        time: t.join.time.as_deref(),
+        time_ns: t.join.time_ns,
         part,
-        offset,
-    )
+        unparsed: None,
+    };
+    make_record(t, &text, meta, offset)
 }
 
-fn make_record(
-    t: &Tracked,
-    message: Value,
+/// What a line carries besides its text.
+#[derive(Default)]
+struct Meta<'a> {
     stream: Option<Stream>,
-    time: Option<&str>,
+    /// The container runtime's timestamp text.
+    time: Option<&'a str>,
     time_ns: Option<u64>,
     part: Option<Part>,
-    offset: u64,
-) -> Record {
-    let mut fields = Vec::with_capacity(t.fields.len() + 5);
-    fields.push(("message".to_string(), message));
-    if let Some(s) = stream {
-        fields.push(("stream".to_string(), Value::Str(s.as_str().to_string())));
+    /// Why the line could not be parsed per the format (`_PERAPERA_UNPARSED`).
+    unparsed: Option<&'a str>,
+}
+
+/// Encodes a line's record straight into its MessagePack map: `message` (text, or bytes when
+/// it is not UTF-8), `stream`, `time`, the file's fields, then the part and parse markers.
+fn make_record(t: &Tracked, message: &[u8], meta: Meta<'_>, offset: u64) -> Record {
+    let fixed: usize = t.fields.iter().map(|(n, v)| n.len() + v.len() + 10).sum();
+    let mut map = Vec::with_capacity(message.len() + fixed + 64);
+    let n = 1
+        + usize::from(meta.stream.is_some())
+        + usize::from(meta.time.is_some())
+        + t.fields.len()
+        + meta.part.map_or(0, |p| 1 + usize::from(p.last))
+        + usize::from(meta.unparsed.is_some());
+    encode::write_map_len(&mut map, n);
+    encode::write_str(&mut map, "message");
+    encode::write_text(&mut map, message);
+    if let Some(s) = meta.stream {
+        encode::write_str(&mut map, "stream");
+        encode::write_str(&mut map, s.as_str());
     }
-    if let Some(time) = time {
-        fields.push(("time".to_string(), Value::Str(time.to_string())));
+    if let Some(time) = meta.time {
+        encode::write_str(&mut map, "time");
+        encode::write_str(&mut map, time);
     }
-    fields.extend(t.fields.iter().cloned());
-    if let Some(p) = part {
-        fields.push((
-            "_PERAPERA_PART".to_string(),
-            Value::UInt(u64::from(p.index)),
-        ));
+    encode::fields_entries_into(&t.fields, &mut map);
+    if let Some(p) = meta.part {
+        encode::write_str(&mut map, "_PERAPERA_PART");
+        encode::write_uint(&mut map, u64::from(p.index));
         if p.last {
-            fields.push(("_PERAPERA_PART_LAST".to_string(), Value::UInt(1)));
+            encode::write_str(&mut map, "_PERAPERA_PART_LAST");
+            encode::write_uint(&mut map, 1);
         }
     }
-    Record {
-        fields,
-        time_ns: time_ns.unwrap_or_else(unix_now_ns),
-        position: Position::File {
+    if let Some(reason) = meta.unparsed {
+        encode::write_str(&mut map, "_PERAPERA_UNPARSED");
+        encode::write_str(&mut map, reason);
+    }
+    Record::from_msgpack(
+        map,
+        meta.time_ns.unwrap_or_else(unix_now_ns),
+        Position::File {
             file: t.file_ref.clone(),
             offset,
         },
-    }
+    )
 }
 
 /// What a file type is, for a log line.

@@ -594,11 +594,7 @@ async fn submit(
             0 => now,
             t => t,
         };
-        let record = Record {
-            fields,
-            time_ns,
-            position: Position::Forward(pending.clone()),
-        };
+        let record = Record::from_fields(&fields, time_ns, Position::Forward(pending.clone()));
         bytes += record.byte_size();
         records.push(record);
         if records.len() >= reader.batch_entries || bytes >= reader.batch_bytes {

@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 
 use super::{Batch, SourceError};
 use crate::config::{JournalConfig, JournalMatch, StartAt};
+use crate::encode;
 use crate::ops::metrics::Stats;
-use crate::record::{Position, Record, Value};
+use crate::record::{Position, Record};
 
 pub use super::journal_settings::{lag_us, JournalReader, Start};
 
@@ -151,6 +152,7 @@ impl JournalReader {
         let mut batch_bytes = 0usize;
         let mut since_process = 0u32;
         let mut failures = 0u32;
+        let mut scratch = Scratch::default();
         while !stop.load(Ordering::Relaxed) {
             match j.next() {
                 Ok(0) => {
@@ -177,7 +179,7 @@ impl JournalReader {
                     continue;
                 }
             }
-            match read_entry(j) {
+            match read_entry(j, &mut scratch) {
                 Ok(record) => {
                     batch_bytes += record.byte_size();
                     batch.push(record);
@@ -358,54 +360,87 @@ pub fn entry_span(j: &mut Journal) -> Result<Option<(u64, u64)>, systemd::Error>
     Ok(Some((newest, j.timestamp_usec()?)))
 }
 
-/// Reads the current entry: every field byte-exact, repeated fields as arrays, plus
-/// `__CURSOR`, `__REALTIME_TIMESTAMP` and `__MONOTONIC_TIMESTAMP`.
-fn read_entry(j: &mut Journal) -> Result<Record, systemd::Error> {
+/// Reused between entries, so that reading an entry allocates only its record.
+#[derive(Default)]
+struct Scratch {
+    /// The entry's `NAME=value` data, copied out of sd-journal (its pointers are valid only
+    /// until the next field is read).
+    data: Vec<u8>,
+    /// Per field: where its data starts, where the `=` is, where it ends, in `data`.
+    fields: Vec<(usize, usize, usize)>,
+}
+
+/// Reads the current entry straight into its MessagePack map: every field byte-exact (text
+/// as `str`, anything else as `bin`), sorted by name, a repeated field as an array in journal
+/// order, plus `__CURSOR`, `__REALTIME_TIMESTAMP` and `__MONOTONIC_TIMESTAMP`.
+fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd::Error> {
     let cursor = j.cursor()?;
     let realtime = j.timestamp_usec()?;
     let (monotonic, _boot) = j.monotonic_timestamp()?;
-    let mut raw: Vec<(String, Vec<u8>)> = Vec::with_capacity(32);
+    let Scratch { data, fields } = scratch;
+    data.clear();
+    fields.clear();
     j.restart_data();
     while let Some(field) = j.enumerate_data()? {
-        let data = field.data();
-        let Some(eq) = data.iter().position(|b| *b == b'=') else {
+        let bytes = field.data();
+        let Some(eq) = bytes.iter().position(|b| *b == b'=') else {
             continue;
         };
-        let name = String::from_utf8_lossy(&data[..eq]).into_owned();
-        raw.push((name, data[eq + 1..].to_vec()));
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        fields.push((start, start + eq, data.len()));
     }
     // Field order from sd-journal is undefined: sort by name (stable, so repeated values keep
     // their order) and fold repeats into arrays.
-    raw.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut fields: Vec<(String, Value)> = Vec::with_capacity(raw.len() + 3);
+    let data = &data[..];
+    let name = |f: &(usize, usize, usize)| &data[f.0..f.1];
+    let value = |f: &(usize, usize, usize)| &data[f.1 + 1..f.2];
+    fields.sort_by(|a, b| name(a).cmp(name(b)));
+    let distinct = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i == 0 || name(&fields[i - 1]) != name(f))
+        .count();
+    let mut map = Vec::with_capacity(data.len() + 3 * fields.len() + cursor.len() + 96);
+    encode::write_map_len(&mut map, distinct + 3);
     let mut source_time = None;
-    for (name, bytes) in raw {
-        if name == "_SOURCE_REALTIME_TIMESTAMP" {
-            source_time = std::str::from_utf8(&bytes)
+    let mut i = 0;
+    while i < fields.len() {
+        let field_name = name(&fields[i]);
+        let same = fields[i..]
+            .iter()
+            .take_while(|f| name(f) == field_name)
+            .count();
+        match std::str::from_utf8(field_name) {
+            Ok(n) => encode::write_str(&mut map, n),
+            Err(_) => encode::write_str(&mut map, &String::from_utf8_lossy(field_name)),
+        }
+        if same == 1 {
+            encode::write_text(&mut map, value(&fields[i]));
+        } else {
+            encode::write_array_len(&mut map, same);
+            for f in &fields[i..i + same] {
+                encode::write_text(&mut map, value(f));
+            }
+        }
+        if field_name == b"_SOURCE_REALTIME_TIMESTAMP" {
+            source_time = std::str::from_utf8(value(&fields[i]))
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok());
         }
-        let value = Value::from_bytes(bytes);
-        match fields.last_mut() {
-            Some((last, Value::Array(items))) if *last == name => items.push(value),
-            Some((last, prev)) if *last == name => {
-                let first = std::mem::replace(prev, Value::Array(Vec::with_capacity(2)));
-                if let Value::Array(items) = prev {
-                    items.push(first);
-                    items.push(value);
-                }
-            }
-            _ => fields.push((name, value)),
-        }
+        i += same;
     }
-    fields.push(("__CURSOR".into(), Value::Str(cursor.clone())));
-    fields.push(("__REALTIME_TIMESTAMP".into(), Value::UInt(realtime)));
-    fields.push(("__MONOTONIC_TIMESTAMP".into(), Value::UInt(monotonic)));
-    Ok(Record {
-        fields,
-        time_ns: source_time.unwrap_or(realtime).saturating_mul(1000),
-        position: Position::Cursor(cursor),
-    })
+    encode::write_str(&mut map, "__CURSOR");
+    encode::write_str(&mut map, &cursor);
+    encode::write_str(&mut map, "__REALTIME_TIMESTAMP");
+    encode::write_uint(&mut map, realtime);
+    encode::write_str(&mut map, "__MONOTONIC_TIMESTAMP");
+    encode::write_uint(&mut map, monotonic);
+    Ok(Record::from_msgpack(
+        map,
+        source_time.unwrap_or(realtime).saturating_mul(1000),
+        Position::Cursor(cursor),
+    ))
 }
 
 /// Entries between a vanished saved cursor and the entry we resumed at, when both carry the

@@ -1,0 +1,483 @@
+#!/usr/bin/env python3
+"""perapera's end-to-end benchmark (`make bench`).
+
+Generates once (cached under target/bench-data) a 500 000-entry journal written by
+systemd-journal-remote and a 1 000 000-line access log of about 200 bytes a line, then runs
+perapera to completion on each, shipping to Kafka:
+
+  (a) librdkafka's mock cluster inside perapera (`"test.mock.num.brokers" = "1"`), and
+  (b) a tansu broker process (memory storage) on 127.0.0.1.
+
+Every process is measured from outside: CPU seconds (user + sys, from wait4's rusage), wall
+time until the last entry was acknowledged, peak RSS and peak anonymous RSS (sampled from
+/proc/PID/status every 20 ms; VmHWM for the peak RSS). In the same run it measures the
+references: `journalctl -D DIR -o export > /dev/null` over the same journal, and perapera's
+idle RSS 5 s after start with nothing left to ship.
+
+The mock and reference runs are repeated (--repeat, default 3) and the median is reported.
+Prints one table, writes it as CSV (target/bench/results.csv), checks the targets of issue 7
+and exits 1 when one is missed.
+
+Usage: benches/bench.py [--repeat N] [--only journal|files] [--skip-tansu] [--keep]
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get("PERAPERA_BENCH_DATA", os.path.join(ROOT, "target", "bench-data"))
+OUT = os.path.join(ROOT, "target", "bench")
+PERAPERA = os.environ.get("PERAPERA_BIN", os.path.join(ROOT, "target", "release", "perapera"))
+TANSU = os.environ.get("TANSU", os.path.expanduser("~/.cargo/bin/tansu"))
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+
+JOURNAL_ENTRIES = 500_000
+LOG_LINES = 1_000_000
+# Bump when a generator changes, so that cached data is regenerated.
+DATA_VERSION = "1"
+MIB = 1024 * 1024
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+def journal_dir():
+    d = os.path.join(DATA, "journal")
+    stamp = os.path.join(d, ".complete")
+    if os.path.exists(stamp) and open(stamp).read().strip() == DATA_VERSION:
+        return d
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    log(f"generating a {JOURNAL_ENTRIES}-entry journal with systemd-journal-remote (once, ~40 s)")
+    gen = subprocess.Popen([sys.executable, os.path.join(ROOT, "benches", "gen_journal.py"),
+                            str(JOURNAL_ENTRIES)], stdout=subprocess.PIPE)
+    remote = subprocess.run([JOURNAL_REMOTE, f"--output={d}/bench.journal", "-"],
+                            stdin=gen.stdout, stderr=subprocess.DEVNULL)
+    gen.stdout.close()
+    if gen.wait() != 0 or remote.returncode != 0:
+        sys.exit("bench: generating the journal failed")
+    count = sum(1 for line in subprocess.run(
+        ["journalctl", "-D", d, "-o", "cat", "--output-fields=_PID"],
+        capture_output=True, check=True).stdout.splitlines())
+    if count != JOURNAL_ENTRIES:
+        sys.exit(f"bench: the generated journal holds {count} entries, not {JOURNAL_ENTRIES}")
+    with open(stamp, "w") as f:
+        f.write(DATA_VERSION)
+    return d
+
+
+def access_log():
+    path = os.path.join(DATA, "logs", "access.log")
+    stamp = path + ".complete"
+    if os.path.exists(stamp) and open(stamp).read().strip() == DATA_VERSION:
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    log(f"generating a {LOG_LINES}-line access log (once, ~10 s)")
+    with open(path, "wb") as f:
+        subprocess.run([sys.executable, os.path.join(ROOT, "benches", "gen_access_log.py"),
+                        str(LOG_LINES)], stdout=f, check=True)
+    with open(stamp, "w") as f:
+        f.write(DATA_VERSION)
+    return path
+
+
+def warm(paths):
+    """Reads the files once so that every run starts from the page cache."""
+    for p in paths:
+        if os.path.isdir(p):
+            warm([os.path.join(p, n) for n in os.listdir(p)])
+        else:
+            with open(p, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+
+
+def du(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid):
+    """VmRSS, RssAnon and VmHWM in bytes, or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            text = f.read()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "VmHWM"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def proc_cpu(pid):
+    """utime + stime of a running process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Result:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def measure(argv, done=None, stdout=subprocess.DEVNULL, stderr=None, timeout=600,
+            idle_after=None):
+    """Runs argv and measures it from outside.
+
+    done: a predicate polled every 50 ms; when it turns true the wall time is taken and the
+    process gets SIGTERM (perapera then flushes, writes its checkpoint and exits).
+    idle_after: seconds after which the RSS is sampled and the process gets SIGTERM.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr)
+    peak_rss = peak_anon = 0
+    hwm = 0
+    wall = None
+    idle = None
+    last_poll = 0.0
+    status = None
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        s = proc_status(proc.pid)
+        if s:
+            peak_rss = max(peak_rss, s.get("VmRSS", 0))
+            peak_anon = max(peak_anon, s.get("RssAnon", 0))
+            hwm = max(hwm, s.get("VmHWM", 0))
+        now = time.monotonic()
+        if idle_after is not None and idle is None and now - start >= idle_after and s:
+            idle = s
+            proc.send_signal(signal.SIGTERM)
+        if done is not None and wall is None and now - last_poll >= 0.05:
+            last_poll = now
+            if done():
+                wall = now - start
+                proc.send_signal(signal.SIGTERM)
+        if now - start > timeout:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            sys.exit(f"bench: {argv[0]} did not finish within {timeout} s")
+        time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    total = time.monotonic() - start
+    return Result(
+        code=proc.returncode,
+        user=rusage.ru_utime,
+        sys=rusage.ru_stime,
+        cpu=rusage.ru_utime + rusage.ru_stime,
+        wall=wall if wall is not None else total,
+        peak_rss=max(hwm, peak_rss, rusage.ru_maxrss * 1024),
+        peak_anon=peak_anon,
+        idle=idle,
+    )
+
+
+def acked(port, source):
+    """perapera_entries_acked_total{source=...} from /metrics, or -1 while unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1
+    key = f'perapera_entries_acked_total{{source="{source}"}} '
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(float(line[len(key):]))
+    return 0
+
+
+# ---------------------------------------------------------------- perapera runs
+
+
+def config(state, port, source, sink, topic):
+    return f"""
+[state]
+directory = "{state}"
+
+[metrics]
+address = "127.0.0.1:{port}"
+
+{source}
+
+[sink]
+type = "kafka"
+topic = "{topic}"
+{sink}
+"""
+
+
+JOURNAL_SOURCE = """[[source]]
+type = "journal"
+name = "bench"
+directory = "{path}"
+start_at = "head"
+"""
+
+FILES_SOURCE = """[[source]]
+type = "files"
+name = "bench"
+include = ["{path}"]
+start_at = "beginning"
+"""
+
+MOCK_SINK = """brokers = ["mock"]
+[sink.librdkafka]
+"test.mock.num.brokers" = "1"
+"""
+
+
+def run_perapera(work, name, source, sink, expected, topic="bench"):
+    """Ships `expected` entries; returns the measurement (and the state dir, for idle)."""
+    state = os.path.join(work, name, "state")
+    os.makedirs(state)
+    port = free_port()
+    path = os.path.join(work, name, "perapera.toml")
+    with open(path, "w") as f:
+        f.write(config(state, port, source, sink, topic))
+    logf = open(os.path.join(work, name, "perapera.log"), "w")
+    r = measure([PERAPERA, "run", "-c", path], done=lambda: acked(port, "bench") >= expected,
+                stdout=logf, stderr=logf)
+    logf.close()
+    if r.code != 0:
+        sys.exit(f"bench: perapera ({name}) exited {r.code}; see {work}/{name}/perapera.log")
+    r.port = port
+    r.config = path
+    r.log = os.path.join(work, name, "perapera.log")
+    return r
+
+
+def idle_rss(r):
+    """perapera restarted on a run's config and checkpoint: nothing left to ship."""
+    with open(r.log, "a") as logf:
+        m = measure([PERAPERA, "run", "-c", r.config], idle_after=5.0, stdout=logf, stderr=logf)
+    return m.idle
+
+
+class Tansu:
+    def __init__(self, work):
+        self.port = free_port()
+        self.dir = os.path.join(work, "tansu")
+        os.makedirs(self.dir, exist_ok=True)
+        self.logf = open(os.path.join(self.dir, "tansu.log"), "w")
+        self.proc = subprocess.Popen(
+            [TANSU, "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--storage-engine", "memory://tansu/"],
+            cwd=self.dir, stdout=self.logf, stderr=self.logf)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    sys.exit(f"bench: tansu did not start; see {self.dir}/tansu.log")
+                time.sleep(0.1)
+
+    def create_topic(self, name):
+        subprocess.run([TANSU, "topic", "create", "--broker", f"tcp://127.0.0.1:{self.port}",
+                        "--partitions", "1", name], check=True, capture_output=True)
+
+    def count(self, topic, expected):
+        """(records, distinct positions) the broker holds in the topic (benches/count.py)."""
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "benches", "count.py"),
+                              f"127.0.0.1:{self.port}", topic, str(expected)],
+                             capture_output=True, text=True, check=True)
+        records, distinct = out.stdout.split()
+        return int(records), int(distinct)
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.logf.close()
+
+
+# ---------------------------------------------------------------- main
+
+
+def median(rs, attr):
+    return statistics.median(getattr(r, attr) for r in rs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each mock/reference case (median reported)")
+    ap.add_argument("--only", choices=["journal", "files"])
+    ap.add_argument("--skip-tansu", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    args = ap.parse_args()
+
+    if not os.access(PERAPERA, os.X_OK):
+        sys.exit(f"bench: {PERAPERA} not found; run `make bench` (it builds it)")
+    os.makedirs(OUT, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="perapera-bench-")
+    rows = []
+    checks = []
+    do_journal = args.only in (None, "journal")
+    do_files = args.only in (None, "files")
+    n = max(1, args.repeat)
+
+    def row(case, entries, r, note=""):
+        rows.append({
+            "case": case,
+            "entries": entries,
+            "cpu_s": round(r.cpu, 3),
+            "user_s": round(r.user, 3),
+            "sys_s": round(r.sys, 3),
+            "wall_s": round(r.wall, 3),
+            "us_per_entry": round(r.cpu / entries * 1e6, 3) if entries else "",
+            "peak_rss_mib": round(r.peak_rss / MIB, 1) if r.peak_rss else "",
+            "peak_anon_mib": round(r.peak_anon / MIB, 1) if r.peak_anon else "",
+            "note": note,
+        })
+
+    def med(rs):
+        return Result(cpu=median(rs, "cpu"), user=median(rs, "user"), sys=median(rs, "sys"),
+                      wall=median(rs, "wall"), peak_rss=max(r.peak_rss for r in rs),
+                      peak_anon=max(r.peak_anon for r in rs))
+
+    idle = {}
+    if do_journal:
+        jdir = journal_dir()
+        log(f"journal: {JOURNAL_ENTRIES} entries, {du(jdir) / MIB:.0f} MiB in {jdir}")
+        warm([jdir])
+        ref = []
+        mock = []
+        for i in range(n):
+            log(f"journalctl -o export, run {i + 1}/{n}")
+            ref.append(measure(["journalctl", "-D", jdir, "-o", "export"]))
+            log(f"perapera journal -> Kafka (mock), run {i + 1}/{n}")
+            mock.append(run_perapera(work, f"journal-mock-{i}", JOURNAL_SOURCE.format(path=jdir),
+                                     MOCK_SINK, JOURNAL_ENTRIES))
+        ref_m, mock_m = med(ref), med(mock)
+        ratio = mock_m.cpu / ref_m.cpu
+        row("journalctl -o export (reference)", JOURNAL_ENTRIES, ref_m, f"median of {n}")
+        row("journal -> kafka (in-process mock)", JOURNAL_ENTRIES, mock_m,
+            f"median of {n}; {ratio:.2f} x journalctl export CPU")
+        checks.append(("journal -> Kafka (mock) CPU <= 1.0 x journalctl -o export",
+                       ratio <= 1.0, f"{ratio:.2f} x ({mock_m.cpu:.2f} / {ref_m.cpu:.2f} CPU-s)"))
+        checks.append(("journal -> Kafka (mock) anonymous RSS <= 50 MiB",
+                       mock_m.peak_anon <= 50 * MIB, f"{mock_m.peak_anon / MIB:.1f} MiB"))
+        log("perapera idle on the journal (caught up), 5 s")
+        idle["journal"] = idle_rss(mock[-1])
+    if do_files:
+        path = access_log()
+        log(f"access log: {LOG_LINES} lines, {du(path) / MIB:.0f} MiB ({du(path) / LOG_LINES:.0f} B/line)")
+        warm([path])
+        mock = []
+        for i in range(n):
+            log(f"perapera files -> Kafka (mock), run {i + 1}/{n}")
+            mock.append(run_perapera(work, f"files-mock-{i}", FILES_SOURCE.format(path=path),
+                                     MOCK_SINK, LOG_LINES))
+        mock_m = med(mock)
+        per_m = mock_m.cpu * 1_000_000 / LOG_LINES
+        row("files -> kafka (in-process mock)", LOG_LINES, mock_m,
+            f"median of {n}; {per_m:.2f} CPU-s per 1M lines")
+        checks.append(("files -> Kafka (mock) <= 1.0 CPU-s per 1M lines",
+                       per_m <= 1.0, f"{per_m:.2f} CPU-s"))
+        checks.append(("files -> Kafka (mock) anonymous RSS <= 50 MiB",
+                       mock_m.peak_anon <= 50 * MIB, f"{mock_m.peak_anon / MIB:.1f} MiB"))
+        log("perapera idle on the log file (caught up), 5 s")
+        idle["files"] = idle_rss(mock[-1])
+    for name, s in idle.items():
+        if s is None:
+            checks.append((f"idle RSS ({name})", False, "not measured: perapera exited early"))
+            continue
+        rows.append({"case": f"idle after 5 s ({name} source, mock sink)", "entries": 0,
+                     "cpu_s": "", "user_s": "", "sys_s": "", "wall_s": 5.0, "us_per_entry": "",
+                     "peak_rss_mib": round(s["VmRSS"] / MIB, 1),
+                     "peak_anon_mib": round(s["RssAnon"] / MIB, 1), "note": "RSS at 5 s"})
+        checks.append((f"idle RSS ({name} source) <= 10 MiB", s["VmRSS"] <= 10 * MIB,
+                       f"{s['VmRSS'] / MIB:.1f} MiB"))
+
+    if not args.skip_tansu:
+        tansu = Tansu(work)
+        try:
+            sink = f'brokers = ["127.0.0.1:{tansu.port}"]\n'
+            cases = []
+            if do_journal:
+                cases.append(("journal", JOURNAL_SOURCE.format(path=journal_dir()), JOURNAL_ENTRIES))
+            if do_files:
+                cases.append(("files", FILES_SOURCE.format(path=access_log()), LOG_LINES))
+            for name, source, entries in cases:
+                topic = f"bench-{name}"
+                tansu.create_topic(topic)
+                log(f"perapera {name} -> Kafka (tansu)")
+                before = tansu.cpu()
+                r = run_perapera(work, f"{name}-tansu", source, sink, entries, topic)
+                broker_cpu = tansu.cpu() - before
+                records, distinct = tansu.count(topic, entries)
+                row(f"{name} -> kafka (tansu process)", entries, r,
+                    f"consumed {records} records, {distinct} distinct; tansu CPU {broker_cpu:.2f} s")
+                checks.append((f"{name} -> tansu: every entry delivered", distinct == entries,
+                               f"{distinct} of {entries} distinct entries consumed back "
+                               f"({records} records)"))
+        finally:
+            tansu.stop()
+
+    # ------------------------------------------------------------ report
+    fields = ["case", "entries", "cpu_s", "user_s", "sys_s", "wall_s", "us_per_entry",
+              "peak_rss_mib", "peak_anon_mib", "note"]
+    csv_path = os.path.join(OUT, "results.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    headers = ["case", "entries", "CPU s", "user", "sys", "wall s", "µs/entry", "peak RSS MiB",
+               "anon RSS MiB", "note"]
+    table = [headers] + [[str(r[k]) for k in fields] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
+    print()
+    for i, line in enumerate(table):
+        print("| " + " | ".join(c.ljust(widths[j]) for j, c in enumerate(line)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print()
+    failed = 0
+    for what, ok, figure in checks:
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'}  {what}: {figure}")
+    print(f"\nCSV: {csv_path}")
+    with open(os.path.join(OUT, "checks.json"), "w") as f:
+        json.dump([{"check": c, "pass": ok, "figure": fig} for c, ok, fig in checks], f, indent=1)
+    if args.keep:
+        print(f"work directory kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
