@@ -1,5 +1,5 @@
 # Convenience targets; the scripts are the source of truth (they install what is missing).
-.PHONY: run test build assets deb rpm packages check-packages
+.PHONY: run test build bench assets deb rpm packages check-packages
 
 run:
 	./run.sh
@@ -8,6 +8,14 @@ test:
 build:
 	scripts/deps.sh
 	cargo build --release --locked
+
+# The end-to-end benchmark (benches/bench.py): journal and files to Kafka, against the
+# in-process mock cluster and a tansu process; table on stdout, CSV in target/bench/.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--repeat 5 --set compression.type=zstd"
+bench: build
+	scripts/deps.sh --bench
+	cargo build --release --locked --example librdkafka_floor
+	python3 benches/bench.py $(BENCH_ARGS)
 
 # Shell completions and man pages, generated from the CLI definition by the built binary.
 assets: build

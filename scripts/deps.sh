@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building perapera needs on Debian 12, only when it is missing; with
 # --package also what building and checking its .deb/.rpm needs, with --test everything the
-# test suite needs (which includes packaging). Used by ./run.sh, ./test.sh and the Makefile.
+# test suite needs (which includes packaging), with --bench what `make bench` needs (the
+# journal writer, tansu, a Kafka client). Used by ./run.sh, ./test.sh and the Makefile.
 set -euo pipefail
 
 want_test=0
 want_package=0
+want_bench=0
 case "${1:-}" in
 --test) want_test=1; want_package=1 ;;
 --package) want_package=1 ;;
+--bench) want_bench=1 ;;
 esac
 
 SUDO=""
@@ -17,6 +20,7 @@ SUDO=""
 packages=(build-essential pkg-config libsystemd-dev zlib1g-dev libssl-dev python3)
 [ $want_test -eq 1 ] && packages+=(python3-pip)
 [ $want_test -eq 1 ] && packages+=(systemd systemd-journal-remote)
+[ $want_bench -eq 1 ] && packages+=(python3-pip systemd systemd-journal-remote)
 # rpm inspects the .rpm; promtool (package prometheus) checks and unit-tests the alert rules.
 [ $want_package -eq 1 ] && packages+=(rpm)
 [ $want_test -eq 1 ] && packages+=(prometheus)
@@ -57,23 +61,26 @@ if [ $want_package -eq 1 ]; then
     fi
 fi
 
-if [ $want_test -eq 1 ]; then
+if [ $want_test -eq 1 ] || [ $want_bench -eq 1 ]; then
     # tansu: a Kafka-API-compatible broker process for the end-to-end tests.
     tansu="${TANSU:-$HOME/.cargo/bin/tansu}"
     if ! "$tansu" --version 2>/dev/null | grep -q "0.6.0"; then
         echo "deps: installing tansu 0.6.0 (about 10 minutes on 2 cores, once)" >&2
         cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
     fi
-    # cargo fuzz, for the fuzz targets (fuzz/run.sh, on the stable toolchain).
-    if ! cargo fuzz --version 2>/dev/null | grep -q "0.13.2"; then
-        echo "deps: installing cargo-fuzz 0.13.2 (about 1.5 minutes, once)" >&2
-        cargo install --locked cargo-fuzz --version 0.13.2
-    fi
-    # An independent Kafka client for the end-to-end tests.
+    # An independent Kafka client for the end-to-end tests and the benchmark's count.
     if ! python3 -c "import confluent_kafka, msgpack" 2>/dev/null; then
         echo "deps: installing confluent-kafka and msgpack from PyPI" >&2
         python3 -m pip install --quiet confluent-kafka msgpack 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages confluent-kafka msgpack
+    fi
+fi
+
+if [ $want_test -eq 1 ]; then
+    # cargo fuzz, for the fuzz targets (fuzz/run.sh, on the stable toolchain).
+    if ! cargo fuzz --version 2>/dev/null | grep -q "0.13.2"; then
+        echo "deps: installing cargo-fuzz 0.13.2 (about 1.5 minutes, once)" >&2
+        cargo install --locked cargo-fuzz --version 0.13.2
     fi
     # The reference Prometheus text-format parser, for the /metrics tests.
     if ! python3 -c "import prometheus_client" 2>/dev/null; then

@@ -1366,7 +1366,7 @@ impl Default for PipelineConfig {
 const KAFKA_DEFAULTS: &[(&str, &str)] = &[
     ("acks", "all"),
     ("enable.idempotence", "true"),
-    ("compression.type", "zstd"),
+    ("compression.type", "lz4"),
     ("linger.ms", "5"),
     ("message.max.bytes", "1000000"),
     ("client.id", "perapera"),
