@@ -18,7 +18,12 @@ The mock and reference runs are repeated (--repeat, default 3) and the median is
 Prints one table, writes it as CSV (target/bench/results.csv), checks the targets of issue 7
 and exits 1 when one is missed.
 
+--smoke runs the same harness on 5 000 entries and 20 000 lines, once, without checking
+the targets (./test.sh uses it so that the benchmark keeps working); a run that fails or a
+broker that did not get every entry still fails it.
+
 Usage: benches/bench.py [--repeat N] [--only journal|files] [--skip-tansu] [--keep]
+                        [--set KEY=VALUE]... [--smoke]
 """
 import argparse
 import csv
@@ -345,12 +350,18 @@ def main():
     ap.add_argument("--only", choices=["journal", "files"])
     ap.add_argument("--skip-tansu", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="small data, one run, targets not checked (for ./test.sh)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra [sink.librdkafka] property for every perapera run, e.g. "
                     "compression.type=lz4 (repeatable)")
     args = ap.parse_args()
 
-    global EXTRA
+    global EXTRA, JOURNAL_ENTRIES, LOG_LINES, DATA
+    if args.smoke:
+        JOURNAL_ENTRIES, LOG_LINES = 5_000, 20_000
+        DATA = os.path.join(DATA, "smoke")
+        args.repeat = 1
     for kv in args.set:
         key, sep, value = kv.partition("=")
         if not sep:
@@ -479,7 +490,7 @@ def main():
     # ------------------------------------------------------------ report
     fields = ["case", "entries", "cpu_s", "user_s", "sys_s", "wall_s", "us_per_entry",
               "peak_rss_mib", "peak_anon_mib", "note"]
-    csv_path = os.path.join(OUT, "results.csv")
+    csv_path = os.path.join(OUT, "smoke.csv" if args.smoke else "results.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -496,10 +507,13 @@ def main():
     print()
     failed = 0
     for what, ok, figure in checks:
-        failed += not ok
-        print(f"{'PASS' if ok else 'FAIL'}  {what}: {figure}")
+        # Smoke mode checks only that everything was delivered, not the performance targets.
+        enforced = not args.smoke or "delivered" in what
+        failed += enforced and not ok
+        verdict = ("PASS" if ok else "FAIL") if enforced else "----"
+        print(f"{verdict}  {what}: {figure}")
     print(f"\nCSV: {csv_path}")
-    with open(os.path.join(OUT, "checks.json"), "w") as f:
+    with open(os.path.join(OUT, "smoke-checks.json" if args.smoke else "checks.json"), "w") as f:
         json.dump([{"check": c, "pass": ok, "figure": fig} for c, ok, fig in checks], f, indent=1)
     if args.keep:
         print(f"work directory kept: {work}")

@@ -1362,7 +1362,8 @@ impl Default for PipelineConfig {
     }
 }
 
-/// Our librdkafka defaults: durable (`acks=all`, idempotent), compact (zstd), low latency.
+/// Our librdkafka defaults: durable (`acks=all`, idempotent), compressed cheaply for the host
+/// (lz4: zstd measured 1.3-2 CPU-s more per 500 000 journal entries, benches/), low latency.
 const KAFKA_DEFAULTS: &[(&str, &str)] = &[
     ("acks", "all"),
     ("enable.idempotence", "true"),

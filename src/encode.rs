@@ -1,9 +1,10 @@
 //! Serialising a [`Record`] for the wire: MessagePack for Kafka, JSON lines for stdout.
 //!
-//! The Kafka value is exactly the record's field map, written with `rmp`'s encoders straight
-//! into the produce buffer: text is msgpack `str`, bytes are msgpack `bin` (never an array of
-//! integers), integers stay integers in their smallest form, repeated fields are arrays, and
-//! values a forward sender gave us (nested maps, floats, ...) are copied as they came.
+//! The Kafka value is exactly the record's field map. Sources write it with `rmp`'s encoders
+//! while reading (the `write_*` functions here), and the sinks send those bytes as they are:
+//! text is msgpack `str`, bytes are msgpack `bin` (never an array of integers), integers stay
+//! integers in their smallest form, repeated fields are arrays, and values a forward sender
+//! gave us (nested maps, floats, ...) are copied as they came.
 //! Consumers that already read fluentd's msgpack records (`record.to_msgpack`) read these
 //! unchanged.
 

@@ -130,8 +130,9 @@ impl fmt::Display for Position {
 /// dead-letter stubs) decodes and re-encodes it; that is the rare path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// A MessagePack map with text keys, names unique.
-    map: Vec<u8>,
+    /// A MessagePack map with text keys, names unique. Never changed in place (an edit makes a
+    /// new one): the Kafka sink lends librdkafka a reference instead of a copy.
+    map: Arc<Vec<u8>>,
     /// The entry's time in nanoseconds since the Unix epoch (the Kafka timestamp source).
     pub time_ns: u64,
     /// Where this entry is in its source; persisted once acknowledged.
@@ -141,7 +142,7 @@ pub struct Record {
 impl Default for Record {
     fn default() -> Self {
         Record {
-            map: vec![0x80],
+            map: Arc::new(vec![0x80]),
             time_ns: 0,
             position: Position::default(),
         }
@@ -160,7 +161,7 @@ impl Record {
         );
         crate::encode::fields_into(fields, &mut map);
         Record {
-            map,
+            map: Arc::new(map),
             time_ns,
             position,
         }
@@ -170,7 +171,7 @@ impl Record {
     /// keys (written with [`crate::encode::write_map_len`] and friends).
     pub fn from_msgpack(map: Vec<u8>, time_ns: u64, position: Position) -> Record {
         Record {
-            map,
+            map: Arc::new(map),
             time_ns,
             position,
         }
@@ -179,6 +180,11 @@ impl Record {
     /// The fields as one MessagePack map: the Kafka value.
     pub fn msgpack(&self) -> &[u8] {
         &self.map
+    }
+
+    /// The map, shared: its bytes never change while a reference is held.
+    pub fn msgpack_shared(&self) -> Arc<Vec<u8>> {
+        self.map.clone()
     }
 
     /// The fields, decoded.
@@ -213,8 +219,9 @@ impl Record {
     }
 
     fn replace_fields(&mut self, fields: &[(String, Value)]) {
-        self.map.clear();
-        crate::encode::fields_into(fields, &mut self.map);
+        let mut map = Vec::with_capacity(self.map.len());
+        crate::encode::fields_into(fields, &mut map);
+        self.map = Arc::new(map);
     }
 
     /// Approximate size in bytes: the encoded fields plus the position.
@@ -489,6 +496,20 @@ mod tests {
         assert_eq!(r.get("B"), Some(Value::Bin(vec![0xff; 6])));
         let mut r = rec(&[("N", Value::UInt(1))]);
         assert!(!r.cut_largest(4));
+    }
+
+    #[test]
+    fn edits_never_change_bytes_lent_to_the_sink() {
+        // The Kafka sink hands librdkafka a reference to the map instead of a copy; an edit
+        // (truncation, a marker field) must make new bytes, not rewrite the lent ones.
+        let mut r = rec(&[("MESSAGE", Value::Str("x".repeat(100)))]);
+        let lent = r.msgpack_shared();
+        let before = lent.to_vec();
+        r.set("_PERAPERA_TRUNCATED", Value::UInt(1));
+        assert!(r.cut_largest(10));
+        assert_eq!(*lent, before);
+        assert_ne!(r.msgpack(), &before[..]);
+        assert_eq!(r.get("_PERAPERA_TRUNCATED"), Some(Value::UInt(1)));
     }
 
     #[test]

@@ -9,13 +9,17 @@
 //! too-large and invalid ones go to the oversize policy, a rejected timestamp is re-sent with
 //! the produce time, and a fatal idempotence error means a new producer.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rdkafka::bindings as rd;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::{RDKafka, RDKafkaErrorCode as Code};
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
@@ -70,19 +74,25 @@ impl ClientContext for Context {
     fn stats_raw(&self, _statistics: &[u8]) {}
 }
 
-impl ProducerContext for Context {
-    type DeliveryOpaque = usize;
+/// What travels with a message through librdkafka: the pipeline's id, and a reference to the
+/// record's bytes, which librdkafka reads without copying them. Dropped (releasing the bytes)
+/// once the delivery report was handled: librdkafka no longer reads the payload then.
+pub struct Delivery {
+    id: u64,
+    _payload: Arc<Vec<u8>>,
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        let id = delivery.id;
         let result = match result {
             Ok(_) => Ok(()),
             Err((e, _)) => Err(classify(e)),
         };
         // The pipeline owns the receiver for the producer's whole life.
-        let _ = self.acks.send(Ack {
-            id: id as u64,
-            result,
-        });
+        let _ = self.acks.send(Ack { id, result });
     }
 }
 
@@ -105,6 +115,9 @@ pub fn classify(e: &KafkaError) -> DeliveryError {
 pub struct KafkaSink {
     config: KafkaConfig,
     acks: mpsc::UnboundedSender<Ack>,
+    /// Declared before `producer`: topic handles are released before the producer they
+    /// belong to is destroyed.
+    topics: Topics,
     producer: ThreadedProducer<Context>,
     topic: String,
     position: String,
@@ -135,6 +148,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             config,
             acks,
+            topics: Topics::default(),
             producer,
             topic: String::new(),
             position: String::new(),
@@ -178,33 +192,38 @@ impl KafkaSink {
             (out.record.time_ns / 1_000_000) as i64
         };
         out.position.render_into(&mut self.position);
-        let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "perapera-source",
-                value: Some(out.source),
-            })
-            .insert(Header {
-                key: "perapera-position",
-                value: Some(&self.position),
-            })
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/msgpack"),
-            });
-        let mut record = BaseRecord::with_opaque_to(&self.topic, out.id as usize)
-            .payload(payload)
-            .timestamp(timestamp_ms)
-            .headers(headers);
-        if let Some(k) = &self.config.key {
-            k.render_into(out.record, &mut self.key);
-            record = record.key(self.key.as_bytes());
-        }
-        match self.producer.send(record) {
+        let key = match &self.config.key {
+            Some(k) => {
+                k.render_into(out.record, &mut self.key);
+                Some(self.key.as_bytes())
+            }
+            None => None,
+        };
+        let rk = self.producer.client().native_ptr();
+        let topic = self.topics.get(rk, &self.topic).map_err(|e| {
+            SendError::Failed(DeliveryError::Retriable(format!(
+                "cannot create topic handle {:?}: {e}",
+                self.topic
+            )))
+        })?;
+        let message = Message {
+            topic,
+            payload: out.record.msgpack_shared(),
+            key,
+            id: out.id,
+            timestamp_ms,
+            headers: [
+                (c"perapera-source", out.source.as_bytes()),
+                (c"perapera-position", self.position.as_bytes()),
+                (c"content-type", b"application/msgpack"),
+            ],
+        };
+        match produce(rk, message) {
             Ok(()) => Ok(()),
-            Err((e, _)) => match e.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::QueueFull) => Err(SendError::Full),
-                _ => Err(SendError::Failed(classify(&e))),
-            },
+            Err(RDKafkaErrorCode::QueueFull) => Err(SendError::Full),
+            Err(code) => Err(SendError::Failed(classify(&KafkaError::MessageProduction(
+                code,
+            )))),
         }
     }
 
@@ -215,16 +234,161 @@ impl KafkaSink {
             tracing::error!(?code, reason, "Kafka producer hit a fatal error; recreating it and re-sending every unacknowledged entry");
         }
         let fresh = create(&self.config, &self.acks)?;
+        // Topic handles belong to the producer that made them.
+        self.topics.clear();
         let old = std::mem::replace(&mut self.producer, fresh);
         drop(old);
         Ok(())
     }
 
     /// Flushes (waits for delivery reports) before the producer is dropped: dropping purges.
-    pub fn close(self, timeout: Duration) {
+    pub fn close(mut self, timeout: Duration) {
+        self.topics.clear();
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(),
                 "Kafka flush did not complete; unacknowledged entries will be re-sent on restart");
         }
     }
+}
+
+/// At most this many cached topic handles.
+const MAX_TOPIC_HANDLES: usize = 4096;
+
+/// Topic handles by name, made once per topic instead of once per message (`rd_kafka_producev`
+/// with a topic name allocates a C string and looks the topic up under a lock every time).
+/// Templated topics (`logs.{_SYSTEMD_UNIT}`) make one handle per distinct name.
+#[derive(Default)]
+struct Topics(HashMap<String, NonNull<rd::rd_kafka_topic_t>>);
+
+// SAFETY: librdkafka topic handles are reference-counted and thread-safe; this map is only
+// used from the pipeline thread anyway.
+unsafe impl Send for Topics {}
+
+impl Topics {
+    /// The handle for `name` on producer `rk`, made on first use.
+    fn get(&mut self, rk: *mut RDKafka, name: &str) -> Result<*mut rd::rd_kafka_topic_t, String> {
+        if let Some(t) = self.0.get(name) {
+            return Ok(t.as_ptr());
+        }
+        if self.0.len() >= MAX_TOPIC_HANDLES {
+            // A template that makes endless names: start over (messages in flight hold their
+            // own references, so releasing ours is safe).
+            self.clear();
+        }
+        let cname = CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: rk is a live producer handle; a NULL topic configuration means the default.
+        let handle = unsafe { rd::rd_kafka_topic_new(rk, cname.as_ptr(), std::ptr::null_mut()) };
+        let handle = NonNull::new(handle).ok_or_else(|| {
+            // SAFETY: reads librdkafka's thread-local last error.
+            let code = unsafe { rd::rd_kafka_last_error() };
+            Code::from(code).to_string()
+        })?;
+        self.0.insert(name.to_string(), handle);
+        Ok(handle.as_ptr())
+    }
+
+    /// Releases every handle (before their producer is destroyed).
+    fn clear(&mut self) {
+        for (_, t) in self.0.drain() {
+            // SAFETY: each handle was made by rd_kafka_topic_new and is released once.
+            unsafe { rd::rd_kafka_topic_destroy(t.as_ptr()) };
+        }
+    }
+}
+
+impl Drop for Topics {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// One message for [`produce`].
+struct Message<'a> {
+    topic: *mut rd::rd_kafka_topic_t,
+    payload: Arc<Vec<u8>>,
+    key: Option<&'a [u8]>,
+    id: u64,
+    timestamp_ms: i64,
+    headers: [(&'static CStr, &'a [u8]); 3],
+}
+
+/// Enqueues a message with `rd_kafka_produceva`. Key and headers are copied by librdkafka;
+/// the payload is not (no `RD_KAFKA_MSG_F_COPY`): the delivery opaque, a [`Delivery`] box,
+/// holds a reference to it until [`Context::delivery`] has run for this message, and the
+/// bytes behind an `Arc` of a record never change. One copy less of every message in flight.
+fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), Code> {
+    use rd::rd_kafka_vtype_t as T;
+    fn vu(vtype: T, u: rd::rd_kafka_vu_s__bindgen_ty_1) -> rd::rd_kafka_vu_t {
+        rd::rd_kafka_vu_t { vtype, u }
+    }
+    type U = rd::rd_kafka_vu_s__bindgen_ty_1;
+    let mem = |b: &[u8]| rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+        ptr: b.as_ptr() as *mut c_void,
+        size: b.len(),
+    };
+    let header = |(name, value): &(&CStr, &[u8])| {
+        vu(
+            T::RD_KAFKA_VTYPE_HEADER,
+            U {
+                header: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
+                    name: name.as_ptr(),
+                    val: value.as_ptr() as *const c_void,
+                    size: value.len() as isize,
+                },
+            },
+        )
+    };
+    let delivery = Box::new(Delivery {
+        id: m.id,
+        _payload: m.payload.clone(),
+    });
+    // Turned back into the box by rdkafka's delivery report handling (Box<T>: IntoOpaque),
+    // or below if librdkafka refuses the message.
+    let opaque = Box::into_raw(delivery) as *mut c_void;
+    let mut vus = [
+        vu(T::RD_KAFKA_VTYPE_RKT, U { rkt: m.topic }),
+        vu(T::RD_KAFKA_VTYPE_MSGFLAGS, U { i: 0 }),
+        vu(
+            T::RD_KAFKA_VTYPE_VALUE,
+            U {
+                mem: mem(&m.payload),
+            },
+        ),
+        vu(T::RD_KAFKA_VTYPE_OPAQUE, U { ptr: opaque }),
+        vu(
+            T::RD_KAFKA_VTYPE_TIMESTAMP,
+            U {
+                i64_: m.timestamp_ms,
+            },
+        ),
+        header(&m.headers[0]),
+        header(&m.headers[1]),
+        header(&m.headers[2]),
+        vu(T::RD_KAFKA_VTYPE_END, U { i: 0 }),
+    ];
+    let mut n = vus.len() - 1;
+    if let Some(key) = m.key {
+        vus[n] = vu(T::RD_KAFKA_VTYPE_KEY, U { mem: mem(key) });
+        n += 1;
+    }
+    // SAFETY: rk and the topic handle are live. Key and headers point into data that outlives
+    // this call (librdkafka copies them). The payload stays alive until the delivery report:
+    // `opaque` owns a reference to it.
+    let error = unsafe { rd::rd_kafka_produceva(rk, vus.as_ptr(), n) };
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: refused, so librdkafka kept neither the message nor the opaque: the box is
+    // ours again. A non-NULL error returned by produceva is ours to read and destroy.
+    let (code, fatal) = unsafe {
+        drop(Box::from_raw(opaque as *mut Delivery));
+        let code = rd::rd_kafka_error_code(error);
+        let fatal = rd::rd_kafka_error_is_fatal(error) != 0;
+        rd::rd_kafka_error_destroy(error);
+        (code, fatal)
+    };
+    // produceva reports the underlying cause of a fatal producer state (e.g.
+    // OUT_OF_ORDER_SEQUENCE_NUMBER) where producev said __FATAL: keep it fatal, so that the
+    // pipeline recreates the producer.
+    Err(if fatal { Code::Fatal } else { Code::from(code) })
 }
