@@ -396,6 +396,10 @@ def main():
                       wall=median(rs, "wall"), peak_rss=max(r.peak_rss for r in rs),
                       peak_anon=max(r.peak_anon for r in rs))
 
+    def anon_check(name, m):
+        checks.append((f"{name} -> Kafka (mock) anonymous RSS <= 50 MiB",
+                       m.peak_anon <= 50 * MIB, f"{m.peak_anon / MIB:.1f} MiB"))
+
     idle = {}
     if do_journal:
         jdir = journal_dir()
@@ -416,8 +420,7 @@ def main():
             f"median of {n}; {ratio:.2f} x journalctl export CPU")
         checks.append(("journal -> Kafka (mock) CPU <= 1.0 x journalctl -o export",
                        ratio <= 1.0, f"{ratio:.2f} x ({mock_m.cpu:.2f} / {ref_m.cpu:.2f} CPU-s)"))
-        checks.append(("journal -> Kafka (mock) anonymous RSS <= 50 MiB",
-                       mock_m.peak_anon <= 50 * MIB, f"{mock_m.peak_anon / MIB:.1f} MiB"))
+        anon_check("journal", mock_m)
         log("perapera idle on the journal (caught up), 5 s")
         idle["journal"] = idle_rss(mock[-1])
     if do_files:
@@ -425,29 +428,28 @@ def main():
         log(f"access log: {LOG_LINES} lines, {du(path) / MIB:.0f} MiB ({du(path) / LOG_LINES:.0f} B/line)")
         warm([path])
         mock = []
+        floor = []
+        # Interleaved with the librdkafka-alone reference, as journalctl is with the journal.
         for i in range(n):
             log(f"perapera files -> Kafka (mock), run {i + 1}/{n}")
             mock.append(run_perapera(work, f"files-mock-{i}", FILES_SOURCE.format(path=path),
                                      MOCK_SINK, LOG_LINES))
+            if os.access(FLOOR, os.X_OK):
+                log(f"librdkafka alone (examples/librdkafka_floor), run {i + 1}/{n}")
+                f = measure([FLOOR, path] + list(args.set))
+                if f.code != 0:
+                    sys.exit("bench: librdkafka_floor failed")
+                floor.append(f)
         mock_m = med(mock)
         per_m = mock_m.cpu * 1_000_000 / LOG_LINES
         row("files -> kafka (in-process mock)", LOG_LINES, mock_m,
             f"median of {n}; {per_m:.2f} CPU-s per 1M lines")
-        if os.access(FLOOR, os.X_OK):
-            floor = []
-            for i in range(n):
-                log(f"librdkafka alone (examples/librdkafka_floor), run {i + 1}/{n}")
-                f = measure([FLOOR, path] + [kv for kv in args.set])
-                if f.code != 0:
-                    sys.exit("bench: librdkafka_floor failed")
-                floor.append(f)
-            floor_m = med(floor)
-            row("librdkafka alone, same messages (mock)", LOG_LINES, floor_m,
+        if floor:
+            row("librdkafka alone, same messages (mock)", LOG_LINES, med(floor),
                 f"median of {n}; reference: what the client library costs")
         checks.append(("files -> Kafka (mock) <= 1.0 CPU-s per 1M lines",
                        per_m <= 1.0, f"{per_m:.2f} CPU-s"))
-        checks.append(("files -> Kafka (mock) anonymous RSS <= 50 MiB",
-                       mock_m.peak_anon <= 50 * MIB, f"{mock_m.peak_anon / MIB:.1f} MiB"))
+        anon_check("files", mock_m)
         log("perapera idle on the log file (caught up), 5 s")
         idle["files"] = idle_rss(mock[-1])
     for name, s in idle.items():
