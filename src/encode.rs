@@ -50,17 +50,6 @@ pub fn fields_entries_into(fields: &[(String, Value)], buf: &mut Vec<u8>) {
     }
 }
 
-/// Copies the record's MessagePack map into `buf` (cleared first).
-pub fn msgpack_into(record: &Record, buf: &mut Vec<u8>) {
-    buf.clear();
-    buf.extend_from_slice(record.msgpack());
-}
-
-/// The record's fields as a MessagePack map.
-pub fn msgpack(record: &Record) -> Vec<u8> {
-    record.msgpack().to_vec()
-}
-
 // The hot-path writers: sources encode a record's map with these while reading, without
 // building fields first (see `Record::from_msgpack`).
 
@@ -225,7 +214,7 @@ mod tests {
             0,
             crate::record::Position::default(),
         );
-        let bytes = msgpack(&r);
+        let bytes = r.msgpack().to_vec();
         let v = rmpv::decode::read_value(&mut bytes.as_slice()).unwrap();
         let map = v.as_map().unwrap();
         assert_eq!(map.len(), 4);

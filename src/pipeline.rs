@@ -28,7 +28,6 @@ use crate::checkpoint::{
     Checkpoint, FileOffsets, SourceCheckpoint, StateDir, StateError, Watermark,
 };
 use crate::config::{Config, Oversize, SinkConfig, SourceKind};
-use crate::encode;
 use crate::ops::metrics::Stats;
 use crate::ops::notify::Notifier;
 use crate::ops::ratelimit::RateLimit;
@@ -689,7 +688,7 @@ impl Pipeline {
                 // (its topic limit is lower than ours): halve until it fits.
                 let target = match (slot.rejections, limit) {
                     (1, Some(l)) => l,
-                    _ => encode::msgpack(record).len() / 2,
+                    _ => record.msgpack().len() / 2,
                 };
                 if truncate_to(record, target) {
                     Ok("truncated")
@@ -698,7 +697,7 @@ impl Pipeline {
                 }
             }
             (Oversize::DeadLetter(_), Some(record)) => {
-                let original = encode::msgpack(record).len();
+                let original = record.msgpack().len();
                 *record = dead_letter_stub(record, &slot.position, original, &reason);
                 slot.dead_letter = true;
                 Ok("dead_lettered")
@@ -844,12 +843,12 @@ impl Pipeline {
 /// Shrinks `record` until its encoding fits `target` bytes, marking `_PERAPERA_TRUNCATED`
 /// with the original encoded size. False if it cannot be made to fit.
 fn truncate_to(record: &mut Record, target: usize) -> bool {
-    let original = encode::msgpack(record).len();
+    let original = record.msgpack().len();
     if record.get("_PERAPERA_TRUNCATED").is_none() {
         record.set("_PERAPERA_TRUNCATED", Value::UInt(original as u64));
     }
     for _ in 0..32 {
-        let size = encode::msgpack(record).len();
+        let size = record.msgpack().len();
         if size <= target {
             return true;
         }
@@ -909,9 +908,9 @@ mod tests {
             0,
             Position::default(),
         );
-        let original = encode::msgpack(&r).len();
+        let original = r.msgpack().len();
         assert!(truncate_to(&mut r, 100_000));
-        assert!(encode::msgpack(&r).len() <= 100_000);
+        assert!(r.msgpack().len() <= 100_000);
         assert_eq!(
             r.get("_PERAPERA_TRUNCATED"),
             Some(Value::UInt(original as u64))
