@@ -311,7 +311,7 @@ fn sigkill_ten_times_during_a_multi_file_run_loses_nothing() {
 #[test]
 fn broker_down_nothing_advances_memory_bounded_then_everything_arrives() {
     let mock = mock();
-    mock.broker_down(1).unwrap();
+    let down = BrokerDown::new(&mock, 1);
     let (dir, logs, path) = logs_setup(
         &mock.bootstrap_servers(),
         "[pipeline]\nmax_in_flight = 2000\nmax_in_flight_bytes = \"4MiB\"\n",
@@ -349,7 +349,7 @@ fn broker_down_nothing_advances_memory_bounded_then_everything_arrives() {
         "RSS {max_rss} KiB: not bounded by the window"
     );
     // 60 MB were written; a 4 MiB window keeps perapera far below that (measured: 19 MiB).
-    mock.broker_up(1).unwrap();
+    down.up();
     let (counts, _) = read_messages(&mock.bootstrap_servers(), 300_000, Duration::from_secs(120));
     assert_eq!(
         counts.len(),

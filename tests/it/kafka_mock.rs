@@ -131,7 +131,7 @@ fn no_ack_no_advance_then_everything_arrives() {
     let s = Setup::new();
     let mock = mock(None);
     write_journal(&s.journal, &entries(0, 500));
-    mock.broker_down(1).unwrap();
+    let down = BrokerDown::new(&mock, 1);
     // A short message timeout makes librdkafka give up on messages quickly, so the outage also
     // exercises perapera's own re-produce path (MessageTimedOut is final inside librdkafka).
     let path = s.config(
@@ -156,7 +156,7 @@ fn no_ack_no_advance_then_everything_arrives() {
         "timed-out entries are re-sent\n{}",
         agent.stderr()
     );
-    mock.broker_up(1).unwrap();
+    down.up();
     s.wait_checkpoint(&s.last_cursor(), Duration::from_secs(60), &agent);
     let (counts, _dups) = read_back(&mock, 500);
     assert_eq!(counts.len(), 500, "every entry arrived");
@@ -537,7 +537,7 @@ fn sigterm_with_the_broker_down_exits_within_shutdown_timeout() {
     let s = Setup::new();
     let mock = mock(None);
     write_journal(&s.journal, &entries(0, 1000));
-    mock.broker_down(1).unwrap();
+    let _down = BrokerDown::new(&mock, 1);
     let path = s.config(
         &mock.bootstrap_servers(),
         "[pipeline]\nshutdown_timeout = \"3s\"\n",

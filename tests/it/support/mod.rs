@@ -591,3 +591,93 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// A mock broker taken down while its port is held: bound but not listening, so connections
+/// to it are refused as to a dead broker, and no connection made meanwhile (by any process
+/// on this host) can get that port as its ephemeral source port. That collision made
+/// `broker_up` fail to listen again, and librdkafka's mock then aborts the whole test
+/// process on an assertion ("Failed to create mock broker listener"). Bring the broker
+/// back with [`BrokerDown::up`].
+pub struct BrokerDown<'m, C: rdkafka::ClientContext + 'static> {
+    mock: &'m rdkafka::mocking::MockCluster<'static, C>,
+    broker: i32,
+    fd: i32,
+}
+
+impl<'m, C: rdkafka::ClientContext + 'static> BrokerDown<'m, C> {
+    /// Takes down broker `broker` of a single-broker mock cluster and holds its port.
+    pub fn new(mock: &'m rdkafka::mocking::MockCluster<'static, C>, broker: i32) -> Self {
+        let bootstrap = mock.bootstrap_servers();
+        let port: u16 = bootstrap
+            .split(',')
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("mock bootstrap address");
+        mock.broker_down(broker).unwrap();
+        let fd = hold_port(port);
+        if fd < 0 {
+            eprintln!(
+                "mock broker port {port} could not be held: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        BrokerDown { mock, broker, fd }
+    }
+
+    /// Releases the port and lets the broker listen on it again.
+    pub fn up(self) {
+        // Drop releases the port; then the broker comes back.
+        let mock = self.mock;
+        let broker = self.broker;
+        drop(self);
+        mock.broker_up(broker).unwrap();
+    }
+}
+
+impl<C: rdkafka::ClientContext + 'static> Drop for BrokerDown<'_, C> {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: our own socket, closed once.
+            unsafe { libc::close(self.fd) };
+            self.fd = -1;
+        }
+    }
+}
+
+/// Binds 127.0.0.1:`port` without listening; -1 if that fails (someone has it already).
+fn hold_port(port: u16) -> i32 {
+    // SAFETY: plain socket calls on a socket we own; the address struct is fully initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return -1;
+        }
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if r != 0 {
+            libc::close(fd);
+            return -1;
+        }
+        fd
+    }
+}
