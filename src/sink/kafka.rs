@@ -22,7 +22,7 @@ use rdkafka::bindings as rd;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::{RDKafka, RDKafkaErrorCode as Code};
+use rdkafka::types::RDKafka;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
@@ -284,7 +284,7 @@ impl Topics {
         let handle = NonNull::new(handle).ok_or_else(|| {
             // SAFETY: reads librdkafka's thread-local last error.
             let code = unsafe { rd::rd_kafka_last_error() };
-            Code::from(code).to_string()
+            RDKafkaErrorCode::from(code).to_string()
         })?;
         self.0.insert(name.to_string(), handle);
         Ok(handle.as_ptr())
@@ -319,7 +319,7 @@ struct Message<'a> {
 /// the payload is not (no `RD_KAFKA_MSG_F_COPY`): the delivery opaque, a [`Delivery`] box,
 /// holds a reference to it until [`Context::delivery`] has run for this message, and the
 /// bytes behind an `Arc` of a record never change. One copy less of every message in flight.
-fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), Code> {
+fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), RDKafkaErrorCode> {
     use rd::rd_kafka_vtype_t as T;
     fn vu(vtype: T, u: rd::rd_kafka_vu_s__bindgen_ty_1) -> rd::rd_kafka_vu_t {
         rd::rd_kafka_vu_t { vtype, u }
@@ -393,5 +393,9 @@ fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), Code> {
     // produceva reports the underlying cause of a fatal producer state (e.g.
     // OUT_OF_ORDER_SEQUENCE_NUMBER) where producev said __FATAL: keep it fatal, so that the
     // pipeline recreates the producer.
-    Err(if fatal { Code::Fatal } else { Code::from(code) })
+    Err(if fatal {
+        RDKafkaErrorCode::Fatal
+    } else {
+        RDKafkaErrorCode::from(code)
+    })
 }
