@@ -321,7 +321,7 @@ class Tansu:
                         "--partitions", "1", name], check=True, capture_output=True)
 
     def count(self, topic, expected):
-        """(records, distinct positions) the broker holds in the topic (benches/count.py)."""
+        """(records, distinct values) the broker holds in the topic (benches/count.py)."""
         out = subprocess.run([sys.executable, os.path.join(ROOT, "benches", "count.py"),
                               f"127.0.0.1:{self.port}", topic, str(expected)],
                              capture_output=True, text=True, check=True)

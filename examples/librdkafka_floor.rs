@@ -1,7 +1,7 @@
 //! The cost of librdkafka alone, for `make bench`: produces one message per line of a file to
 //! an in-process mock cluster with perapera's producer defaults, the same payload shape (a
-//! MessagePack map of `message`, `path`, `host`), the same three headers and a delivery
-//! callback per message, keeping at most 10 000 messages in flight (perapera's default
+//! MessagePack map of `message`, `path`, `host`), no headers (perapera's default;
+//! `FLOOR_HEADERS=N` adds the first N of `[sink] headers`) and a delivery callback per message, keeping at most 10 000 messages in flight (perapera's default
 //! window), and exits once every message was acknowledged. No checkpoint, no pipeline: the
 //! floor under any shipper built on librdkafka.
 //!
@@ -56,6 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut payload = Vec::with_capacity(4096);
     let mut position = String::new();
     let mut sent = 0usize;
+    // perapera sends no headers by default; FLOOR_HEADERS=1..3 adds position, source and
+    // content-type, as `[sink] headers` does.
+    let n_headers: usize = std::env::var("FLOOR_HEADERS").map_or(0, |v| v.parse().unwrap_or(0));
+    let with_headers = n_headers > 0;
     let mut offset = 0usize;
     for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         offset += line.len() + 1;
@@ -71,22 +75,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         position.push_str(&path);
         position.push(':');
         position.push_str(&offset.to_string());
-        let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "perapera-source",
-                value: Some("bench"),
-            })
-            .insert(Header {
-                key: "perapera-position",
-                value: Some(&position),
-            })
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/msgpack"),
+        let mut headers = OwnedHeaders::new_with_capacity(3);
+        for (key, value) in [
+            ("perapera-position", position.as_str()),
+            ("perapera-source", "bench"),
+            ("content-type", "application/msgpack"),
+        ]
+        .into_iter()
+        .take(n_headers)
+        {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
             });
-        let mut record = BaseRecord::<(), [u8], ()>::to("bench")
-            .payload(&payload[..])
-            .headers(headers);
+        }
+        let mut record = BaseRecord::<(), [u8], ()>::to("bench").payload(&payload[..]);
+        if with_headers {
+            record = record.headers(headers);
+        }
         while sent - acked.load(Ordering::Relaxed) >= 10_000 {
             std::thread::sleep(Duration::from_micros(500));
         }

@@ -329,6 +329,28 @@ pub struct KafkaConfig {
     pub librdkafka: BTreeMap<String, String>,
     /// `message.max.bytes`: entries larger than this are handled by `oversize` before sending.
     pub message_max_bytes: usize,
+    /// The Kafka headers put on every message, in this order (none by default).
+    pub headers: Vec<KafkaHeader>,
+}
+
+/// A Kafka header perapera can put on every message (`[sink] headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaHeader {
+    /// `perapera-source`: the source name.
+    Source,
+    /// `perapera-position`: the journal cursor, or `PATH:OFFSET` of a file line.
+    Position,
+    /// `content-type: application/msgpack`.
+    ContentType,
+}
+
+impl KafkaHeader {
+    /// Every header, with its name in the configuration.
+    pub const ALL: [(&'static str, KafkaHeader); 3] = [
+        ("source", KafkaHeader::Source),
+        ("position", KafkaHeader::Position),
+        ("content-type", KafkaHeader::ContentType),
+    ];
 }
 
 /// A configuration problem, with enough context to fix it.
@@ -482,6 +504,7 @@ struct RawSink {
     key: Option<Template>,
     oversize: Option<RawOversize>,
     dead_letter_topic: Option<String>,
+    headers: Option<Vec<String>>,
     librdkafka: Option<BTreeMap<String, toml::Value>>,
     servers: Option<Vec<String>>,
     tag: Option<Template>,
@@ -987,6 +1010,7 @@ fn sink_keys(s: &RawSink, invalid: Invalid) -> Result<(), ConfigError> {
         ("key", s.key.is_some(), &[Kafka]),
         ("oversize", s.oversize.is_some(), &[Kafka]),
         ("dead_letter_topic", s.dead_letter_topic.is_some(), &[Kafka]),
+        ("headers", s.headers.is_some(), &[Kafka]),
         ("librdkafka", s.librdkafka.is_some(), &[Kafka]),
         ("servers", s.servers.is_some(), &[Forward]),
         ("tag", s.tag.is_some(), &[Forward]),
@@ -1504,12 +1528,31 @@ fn kafka_config(
             ));
         }
     }
+    let mut headers = Vec::new();
+    for name in sink.headers.unwrap_or_default() {
+        let Some((_, h)) = KafkaHeader::ALL.iter().find(|(n, _)| *n == name) else {
+            return Err(invalid(
+                "[sink] headers",
+                format!(
+                    "unknown header {name:?}: expected any of \"source\", \"position\", \"content-type\""
+                ),
+            ));
+        };
+        if headers.contains(h) {
+            return Err(invalid(
+                "[sink] headers",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        headers.push(*h);
+    }
     Ok(KafkaConfig {
         topic,
         key: sink.key,
         oversize,
         librdkafka: props,
         message_max_bytes,
+        headers,
     })
 }
 
@@ -1566,6 +1609,7 @@ key = "{_HOSTNAME}"
         assert_eq!(k.librdkafka["enable.idempotence"], "true");
         assert_eq!(k.message_max_bytes, 1_000_000);
         assert_eq!(k.oversize, Oversize::Truncate);
+        assert!(k.headers.is_empty(), "no headers unless asked for");
     }
 
     fn err(text: &str) -> String {
@@ -1602,6 +1646,35 @@ key = "{_HOSTNAME}"
         assert!(e.contains("line 1"), "{e}");
         let e = err("[sink]\ntype=\"stdout\"\n");
         assert!(e.contains("no source"), "{e}");
+    }
+
+    #[test]
+    fn header_lists() {
+        let base = "[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n";
+        let h = |extra: &str| match parse(&format!("{base}{extra}")).map(|c| c.sink) {
+            Ok(SinkConfig::Kafka(k)) => Ok(k.headers),
+            Ok(_) => panic!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(h(""), Ok(vec![]));
+        assert_eq!(
+            h("headers = [\"position\", \"source\", \"content-type\"]\n"),
+            Ok(vec![
+                KafkaHeader::Position,
+                KafkaHeader::Source,
+                KafkaHeader::ContentType
+            ])
+        );
+        let e = h("headers = [\"cursor\"]\n").unwrap_err();
+        assert!(
+            e.contains("[sink] headers") && e.contains("\"cursor\""),
+            "{e}"
+        );
+        assert!(h("headers = [\"source\", \"source\"]\n")
+            .unwrap_err()
+            .contains("twice"));
+        let e = err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"stdout\"\nheaders=[]\n");
+        assert!(e.contains("[sink] headers"), "{e}");
     }
 
     #[test]

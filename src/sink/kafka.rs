@@ -27,7 +27,7 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
 use super::{Ack, DeliveryError, Outgoing, SendError};
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, KafkaHeader};
 use crate::ops::ratelimit::RateLimit;
 use crate::record::sanitize_topic;
 
@@ -194,7 +194,9 @@ impl KafkaSink {
         } else {
             (out.record.time_ns / 1_000_000) as i64
         };
-        out.position.render_into(&mut self.position);
+        if self.config.headers.contains(&KafkaHeader::Position) {
+            out.position.render_into(&mut self.position);
+        }
         let key = match &self.config.key {
             Some(k) => {
                 k.render_into(out.record, &mut self.key);
@@ -215,11 +217,9 @@ impl KafkaSink {
             key,
             id: out.id,
             timestamp_ms,
-            headers: [
-                (c"perapera-source", out.source.as_bytes()),
-                (c"perapera-position", self.position.as_bytes()),
-                (c"content-type", b"application/msgpack"),
-            ],
+            headers: &self.config.headers,
+            source: out.source,
+            position: &self.position,
         };
         match produce(rk, message) {
             Ok(()) => Ok(()),
@@ -312,7 +312,10 @@ struct Message<'a> {
     key: Option<&'a [u8]>,
     id: u64,
     timestamp_ms: i64,
-    headers: [(&'static CStr, &'a [u8]); 3],
+    /// Which headers, and the values of the source and position headers.
+    headers: &'a [KafkaHeader],
+    source: &'a str,
+    position: &'a str,
 }
 
 /// Enqueues a message with `rd_kafka_produceva`. Key and headers are copied by librdkafka;
@@ -329,7 +332,12 @@ fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), RDKafkaErrorCode> {
         ptr: b.as_ptr() as *mut c_void,
         size: b.len(),
     };
-    let header = |(name, value): &(&CStr, &[u8])| {
+    let header = |h: &KafkaHeader| {
+        let (name, value): (&CStr, &[u8]) = match h {
+            KafkaHeader::Source => (c"perapera-source", m.source.as_bytes()),
+            KafkaHeader::Position => (c"perapera-position", m.position.as_bytes()),
+            KafkaHeader::ContentType => (c"content-type", b"application/msgpack"),
+        };
         vu(
             T::RD_KAFKA_VTYPE_HEADER,
             U {
@@ -348,6 +356,7 @@ fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), RDKafkaErrorCode> {
     // Turned back into the box by rdkafka's delivery report handling (Box<T>: IntoOpaque),
     // or below if librdkafka refuses the message.
     let opaque = Box::into_raw(delivery) as *mut c_void;
+    let end = vu(T::RD_KAFKA_VTYPE_END, U { i: 0 });
     let mut vus = [
         vu(T::RD_KAFKA_VTYPE_RKT, U { rkt: m.topic }),
         vu(T::RD_KAFKA_VTYPE_MSGFLAGS, U { i: 0 }),
@@ -364,12 +373,17 @@ fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), RDKafkaErrorCode> {
                 i64_: m.timestamp_ms,
             },
         ),
-        header(&m.headers[0]),
-        header(&m.headers[1]),
-        header(&m.headers[2]),
-        vu(T::RD_KAFKA_VTYPE_END, U { i: 0 }),
+        end,
+        end,
+        end,
+        end,
     ];
-    let mut n = vus.len() - 1;
+    // The five above, then up to three headers and a key.
+    let mut n = 5;
+    for h in m.headers.iter().take(3) {
+        vus[n] = header(h);
+        n += 1;
+    }
     if let Some(key) = m.key {
         vus[n] = vu(T::RD_KAFKA_VTYPE_KEY, U { mem: mem(key) });
         n += 1;

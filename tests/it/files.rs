@@ -37,7 +37,8 @@ fn files_config(
             "{extra_top}\n[state]\ndirectory = \"{}\"\ncheckpoint_interval = \"200ms\"\n\
              [[source]]\ntype = \"files\"\ninclude = [{}]\nrescan_interval = \"500ms\"\n\
              rotate_wait = \"1s\"\n{extra_source}\n\
-             [sink]\ntype = \"kafka\"\nbrokers = [\"{bootstrap}\"]\ntopic = \"files\"\n",
+             [sink]\ntype = \"kafka\"\nbrokers = [\"{bootstrap}\"]\ntopic = \"files\"\n\
+             headers = [\"source\", \"position\", \"content-type\"]\n",
             dir.join("state").display(),
             include.join(", "),
         ),

@@ -110,6 +110,10 @@ fn follow_mode_ships_new_entries_within_two_seconds() {
         "{}",
         agent.stderr()
     );
+    assert!(
+        reader.messages.iter().all(|m| m.headers.is_empty()),
+        "no Kafka headers unless [sink] headers asks for them"
+    );
     for round in 0..3u64 {
         let first = 10 + round * 5;
         write_journal(&s.journal, &entries(first, 5));

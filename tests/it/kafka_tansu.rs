@@ -50,7 +50,7 @@ fn journal_to_tansu_end_to_end() {
         &format!(
             "[state]\ndirectory = \"{}\"\n[[source]]\ntype = \"journal\"\ndirectory = \"{}\"\n\
              [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"logs.{{_SYSTEMD_UNIT:-unknown}}\"\n\
-             key = \"{{_HOSTNAME}}\"\n",
+             key = \"{{_HOSTNAME}}\"\nheaders = [\"source\", \"position\"]\n",
             state.display(),
             journal.display(),
             tansu.bootstrap
@@ -93,6 +93,7 @@ fn journal_to_tansu_end_to_end() {
         assert_eq!(m.key.as_deref(), Some(&b"testhost"[..]));
         assert_eq!(m.headers["perapera-source"], b"journal");
         assert_eq!(m.headers["perapera-position"], cursor.as_bytes());
+        assert!(!m.headers.contains_key("content-type"), "not asked for");
         let expected_ms = match f.get("_SOURCE_REALTIME_TIMESTAMP") {
             Some(v) => v.as_str().unwrap().parse::<i64>().unwrap() / 1000,
             None => (realtime / 1000) as i64,
@@ -136,4 +137,27 @@ fn journal_to_tansu_end_to_end() {
     assert_eq!(unknown.len(), 1, "missing unit takes the template default");
     assert_eq!(unknown[0].seq(), N + 2);
     assert_eq!(unknown[0].timestamp, Some(1_699_999_999_123));
+
+    // The same topics read back by an independent client: confluent-kafka and msgpack from
+    // PyPI (tests/py/consume.py checks values, timestamps and the position header).
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/consume.py"))
+        .args([
+            tansu.bootstrap.as_str(),
+            &total.to_string(),
+            "logs.app.service",
+            "logs.unknown",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("consume.py prints JSON");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["count"], total, "{report}");
+    assert_eq!(report["distinct"], total, "{report}");
 }
