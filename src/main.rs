@@ -91,6 +91,29 @@ enum CursorAction {
 const EX_CONFIG: u8 = 64;
 const EX_DATAERR: u8 = 65;
 
+/// mimalloc for Rust's allocations (librdkafka and libsystemd keep glibc's malloc). Records
+/// are allocated on a reader thread and freed on librdkafka's delivery thread; glibc's malloc
+/// takes its slow path for every one of them, mimalloc frees them to their page's owner
+/// cheaply. `make bench`: journal 6.9 -> 5.0 CPU-s, files 3.1 -> 2.4 CPU-s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// No transparent huge pages for this process (Debian's default is THP "always"): with them,
+/// mimalloc's arenas are backed by 2 MiB pages as soon as one byte is touched (idle anonymous
+/// RSS 2.9 -> 12 MiB). Run as an ELF constructor of priority 101, ahead of mimalloc's own
+/// (unprioritised) one, so that no page faults before it; from `main` the idle anonymous RSS
+/// was 6.7 MiB.
+extern "C" fn disable_thp() {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[used]
+#[link_section = ".init_array.00101"]
+static DISABLE_THP: extern "C" fn() = disable_thp;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);

@@ -514,6 +514,56 @@ fn check_dashboard(live: &Scrape) {
     }
 }
 
+/// perapera turns transparent huge pages off for itself before its allocator runs: with THP
+/// "always" (Debian's default) mimalloc's arenas would take 2 MiB pages for a few bytes each.
+#[test]
+fn transparent_huge_pages_are_off_and_idle_anonymous_memory_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.log");
+    std::fs::write(&empty, b"").unwrap();
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"off\"\n[[source]]\n\
+             type = \"files\"\ninclude = [\"{}\"]\n[sink]\ntype = \"stdout\"\n",
+            dir.path().join("state").display(),
+            empty.display()
+        ),
+    );
+    let log = dir.path().join("agent.log");
+    let mut child = spawn(&config, &[], &log);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("perapera is running")
+    {
+        assert!(
+            Instant::now() < end,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().trim_end_matches(" kB").to_string())
+    };
+    assert_eq!(field("THP_enabled:").as_deref(), Some("0"), "{status}");
+    let anon_kib: u64 = field("RssAnon:").and_then(|v| v.parse().ok()).unwrap();
+    assert!(
+        anon_kib < 8 * 1024,
+        "idle anonymous RSS {anon_kib} KiB (about 3 MiB expected; 2 MiB pages would show here)"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn log_formats_json_and_journal() {
     let dir = tempfile::tempdir().unwrap();
