@@ -261,7 +261,12 @@ const MAX_TOPIC_HANDLES: usize = 4096;
 /// with a topic name allocates a C string and looks the topic up under a lock every time).
 /// Templated topics (`logs.{_SYSTEMD_UNIT}`) make one handle per distinct name.
 #[derive(Default)]
-struct Topics(HashMap<String, NonNull<rd::rd_kafka_topic_t>>);
+struct Topics {
+    handles: HashMap<String, NonNull<rd::rd_kafka_topic_t>>,
+    /// The last topic used and its handle: most messages go where the one before went, and
+    /// comparing the name is cheaper than hashing it.
+    last: Option<(String, NonNull<rd::rd_kafka_topic_t>)>,
+}
 
 // SAFETY: librdkafka topic handles are reference-counted and thread-safe; this map is only
 // used from the pipeline thread anyway.
@@ -270,10 +275,17 @@ unsafe impl Send for Topics {}
 impl Topics {
     /// The handle for `name` on producer `rk`, made on first use.
     fn get(&mut self, rk: *mut RDKafka, name: &str) -> Result<*mut rd::rd_kafka_topic_t, String> {
-        if let Some(t) = self.0.get(name) {
+        if let Some((last, t)) = &self.last {
+            if last == name {
+                return Ok(t.as_ptr());
+            }
+        }
+        if let Some(t) = self.handles.get(name) {
+            let t = *t;
+            self.remember(name, t);
             return Ok(t.as_ptr());
         }
-        if self.0.len() >= MAX_TOPIC_HANDLES {
+        if self.handles.len() >= MAX_TOPIC_HANDLES {
             // A template that makes endless names: start over (messages in flight hold their
             // own references, so releasing ours is safe).
             self.clear();
@@ -286,13 +298,26 @@ impl Topics {
             let code = unsafe { rd::rd_kafka_last_error() };
             RDKafkaErrorCode::from(code).to_string()
         })?;
-        self.0.insert(name.to_string(), handle);
+        self.handles.insert(name.to_string(), handle);
+        self.remember(name, handle);
         Ok(handle.as_ptr())
+    }
+
+    fn remember(&mut self, name: &str, handle: NonNull<rd::rd_kafka_topic_t>) {
+        match &mut self.last {
+            Some((last, t)) => {
+                last.clear();
+                last.push_str(name);
+                *t = handle;
+            }
+            None => self.last = Some((name.to_string(), handle)),
+        }
     }
 
     /// Releases every handle (before their producer is destroyed).
     fn clear(&mut self) {
-        for (_, t) in self.0.drain() {
+        self.last = None;
+        for (_, t) in self.handles.drain() {
             // SAFETY: each handle was made by rd_kafka_topic_new and is released once.
             unsafe { rd::rd_kafka_topic_destroy(t.as_ptr()) };
         }

@@ -72,10 +72,25 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The time a line was read, in nanoseconds since the epoch: the coarse realtime clock (the
+/// kernel's last tick, a few ms of resolution, for the millisecond Kafka timestamp), which
+/// costs a memory read where the precise one reads the TSC for every line.
 fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec for clock_gettime to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+        u64::try_from(ts.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    } else {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
 }
 
 /// Partial pieces (CRI `P`, docker `log` without `\n`) waiting for the piece that ends them.
@@ -160,6 +175,16 @@ impl Tracked {
 
     fn holds_nothing(&self) -> bool {
         self.lines.pending() == 0 && !self.join.active
+    }
+
+    /// Runs `f` with this file's line reader lent out, so that the lines it lends (borrowed
+    /// from its buffer) can be emitted with the rest of `self` (`f` sees an empty reader in
+    /// `self.lines`; making one allocates nothing).
+    fn with_lines<R>(&mut self, f: impl FnOnce(&mut LineReader, &mut Tracked) -> R) -> R {
+        let mut lines = std::mem::replace(&mut self.lines, LineReader::new(0, 1));
+        let r = f(&mut lines, self);
+        self.lines = lines;
+        r
     }
 }
 
@@ -726,16 +751,13 @@ impl Tailer {
         };
         if copy.is_none() {
             // No copy: what we hold back was in the file before the truncation; ship it.
-            if let Some(line) = t.lines.flush_partial() {
-                emit_line(
-                    &self.config,
-                    &self.name,
-                    &self.stats,
-                    t,
-                    line,
-                    &mut self.pending,
-                );
-            }
+            let (config, name, stats) = (&self.config, &self.name, &self.stats);
+            let pending = &mut self.pending;
+            t.with_lines(|lines, t| {
+                if let Some(line) = lines.flush_partial() {
+                    emit_line(config, name, stats, t, line, pending);
+                }
+            });
             flush_join(t, &mut self.pending);
         }
         let old_lines =
@@ -843,9 +865,12 @@ impl Tailer {
             if let Some(since) = t.held_since {
                 if t.at_end() && now.duration_since(since) >= self.config.partial_line_timeout {
                     let before = out.len();
-                    if let Some(line) = t.lines.flush_partial() {
-                        emit_line(&self.config, &self.name, &self.stats, t, line, out);
-                    }
+                    let (config, name, stats) = (&self.config, &self.name, &self.stats);
+                    t.with_lines(|lines, t| {
+                        if let Some(line) = lines.flush_partial() {
+                            emit_line(config, name, stats, t, line, out);
+                        }
+                    });
                     flush_join(t, out);
                     if out.len() > before {
                         self.stats.note(&self.name, "partial_lines_shipped", 1);
@@ -918,11 +943,17 @@ fn read_turn(
     let mut read = 0;
     let done = |read: usize| if read > 0 { Turn::Read } else { Turn::Idle };
     loop {
-        while let Some(line) = t.lines.next_line() {
-            emit_line(config, name, stats, t, line, out);
-            if out.len() >= max_entries {
-                return Turn::Read;
+        let full = t.with_lines(|lines, t| {
+            while let Some(line) = lines.next_line() {
+                emit_line(config, name, stats, t, line, out);
+                if out.len() >= max_entries {
+                    return true;
+                }
             }
+            false
+        });
+        if full {
+            return Turn::Read;
         }
         if read >= TURN_BYTES {
             return Turn::Read;
@@ -982,7 +1013,7 @@ fn emit_line(
     name: &str,
     stats: &Stats,
     t: &mut Tracked,
-    line: Line,
+    line: Line<'_>,
     out: &mut Vec<Record>,
 ) {
     let start = t.join.prev_end;
@@ -995,7 +1026,7 @@ fn emit_line(
             part: line.part,
             ..Meta::default()
         };
-        out.push(make_record(t, &line.bytes, meta, line.end_offset));
+        out.push(make_record(t, line.bytes, meta, line.end_offset));
         return;
     }
     if line.part.is_some() {
@@ -1008,11 +1039,11 @@ fn emit_line(
             unparsed: Some("line longer than max_line_bytes"),
             ..Meta::default()
         };
-        out.push(make_record(t, &line.bytes, meta, line.end_offset));
+        out.push(make_record(t, line.bytes, meta, line.end_offset));
         return;
     }
     let parsed = match config.format {
-        LineFormat::Cri => format::parse_cri(&line.bytes).map(|c| {
+        LineFormat::Cri => format::parse_cri(line.bytes).map(|c| {
             let time = line
                 .bytes
                 .split(|b| *b == b' ')
@@ -1033,7 +1064,7 @@ fn emit_line(
                 out,
             )
         }),
-        _ => format::parse_docker(&line.bytes).map(|d| {
+        _ => format::parse_docker(line.bytes).map(|d| {
             piece(
                 config,
                 t,
@@ -1058,7 +1089,7 @@ fn emit_line(
             unparsed: Some(&reason),
             ..Meta::default()
         };
-        out.push(make_record(t, &line.bytes, meta, line.end_offset));
+        out.push(make_record(t, line.bytes, meta, line.end_offset));
     }
 }
 

@@ -7,11 +7,12 @@
 //! decides it waited long enough ([`LineReader::flush_partial`]). Pure: the caller reads the
 //! file and feeds the bytes, so any chunking of the same bytes yields the same lines.
 
-/// One line (or one part of a long line).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
+/// One line (or one part of a long line), borrowed from the reader's buffer until the next
+/// call (the caller encodes it into its record: one copy per line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
     /// The bytes, without the line terminator.
-    pub bytes: Vec<u8>,
+    pub bytes: &'a [u8],
     /// File offset just after this line (after its `\n`, if it had one): where to resume.
     pub end_offset: u64,
     /// For a line longer than `max_line`: which part this is.
@@ -73,22 +74,27 @@ impl LineReader {
     }
 
     /// The next complete line (or forced part of a long line), if any.
-    pub fn next_line(&mut self) -> Option<Line> {
-        let data = &self.buf[self.start..];
+    pub fn next_line(&mut self) -> Option<Line<'_>> {
+        let begin = self.start;
+        let data = &self.buf[begin..];
         let window = data.len().min(self.max_line + 1);
-        match data[..window].iter().position(|b| *b == b'\n') {
+        match memchr::memchr(b'\n', &data[..window]) {
             // A newline within max_line + 1 bytes: the line (up to max_line bytes) is whole.
             Some(nl) => {
-                let text = match &data[..nl] {
-                    [head @ .., b'\r'] => head,
-                    all => all,
+                let len = if nl > 0 && data[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
                 };
-                let bytes = text.to_vec();
-                Some(self.end_line(bytes, nl + 1))
+                let (end_offset, part) = self.end_line(nl + 1);
+                Some(Line {
+                    bytes: &self.buf[begin..begin + len],
+                    end_offset,
+                    part,
+                })
             }
             _ if data.len() > self.max_line => {
                 // No newline within max_line bytes: cut a part, keep reading the line.
-                let bytes = data[..self.max_line].to_vec();
                 self.start += self.max_line;
                 self.buf_offset += self.max_line as u64;
                 let part = Part {
@@ -97,7 +103,7 @@ impl LineReader {
                 };
                 self.parts += 1;
                 Some(Line {
-                    bytes,
+                    bytes: &self.buf[begin..begin + self.max_line],
                     end_offset: self.buf_offset,
                     part: Some(part),
                 })
@@ -107,18 +113,23 @@ impl LineReader {
     }
 
     /// Emits the held-back unterminated line (the writer did not finish it in time).
-    pub fn flush_partial(&mut self) -> Option<Line> {
-        if self.pending() == 0 {
+    pub fn flush_partial(&mut self) -> Option<Line<'_>> {
+        let begin = self.start;
+        let consumed = self.pending();
+        if consumed == 0 {
             return None;
         }
-        let bytes = self.buf[self.start..].to_vec();
-        let consumed = bytes.len();
-        Some(self.end_line(bytes, consumed))
+        let (end_offset, part) = self.end_line(consumed);
+        Some(Line {
+            bytes: &self.buf[begin..begin + consumed],
+            end_offset,
+            part,
+        })
     }
 
-    /// The line that ends here, after consuming `consumed` bytes (text and terminator); the
-    /// last part if the line was split.
-    fn end_line(&mut self, bytes: Vec<u8>, consumed: usize) -> Line {
+    /// Consumes the `consumed` bytes (text and terminator) of the line that ends here:
+    /// its end offset, and its part marker if the line was split (the last part).
+    fn end_line(&mut self, consumed: usize) -> (u64, Option<Part>) {
         self.start += consumed;
         self.buf_offset += consumed as u64;
         let part = (self.parts > 0).then_some(Part {
@@ -126,11 +137,7 @@ impl LineReader {
             last: true,
         });
         self.parts = 0;
-        Line {
-            bytes,
-            end_offset: self.buf_offset,
-            part,
-        }
+        (self.buf_offset, part)
     }
 }
 
@@ -139,8 +146,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn all(r: &mut LineReader) -> Vec<Line> {
-        std::iter::from_fn(|| r.next_line()).collect()
+    /// A line, owned (the reader lends its lines only until the next call).
+    #[derive(Debug, PartialEq)]
+    struct Owned {
+        bytes: Vec<u8>,
+        end_offset: u64,
+        part: Option<Part>,
+    }
+
+    fn owned(l: Line<'_>) -> Owned {
+        Owned {
+            bytes: l.bytes.to_vec(),
+            end_offset: l.end_offset,
+            part: l.part,
+        }
+    }
+
+    fn all(r: &mut LineReader) -> Vec<Owned> {
+        std::iter::from_fn(|| r.next_line().map(owned)).collect()
     }
 
     #[test]
@@ -165,7 +188,7 @@ mod tests {
         assert_eq!(got[1].end_offset, 116);
         r.feed(b"tail");
         assert!(r.next_line().is_none());
-        let last = r.flush_partial().unwrap();
+        let last = owned(r.flush_partial().unwrap());
         assert_eq!(
             (last.bytes.as_slice(), last.end_offset),
             (&b"tail"[..], 120)
@@ -208,7 +231,7 @@ mod tests {
         r.feed(b"abcd\n");
         assert_eq!(
             all(&mut r),
-            vec![Line {
+            vec![Owned {
                 bytes: b"abcd".to_vec(),
                 end_offset: 5,
                 part: None
