@@ -423,7 +423,7 @@ fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd:
             .iter()
             .take_while(|f| name(f) == field_name)
             .count();
-        match std::str::from_utf8(field_name) {
+        match simdutf8::basic::from_utf8(field_name) {
             Ok(n) => encode::write_str(&mut map, n),
             Err(_) => encode::write_str(&mut map, &String::from_utf8_lossy(field_name)),
         }
