@@ -1648,14 +1648,19 @@ key = "{_HOSTNAME}"
         assert!(e.contains("no source"), "{e}");
     }
 
+    /// The Kafka sink configuration of a minimal config plus `extra` lines in `[sink]`.
+    fn kafka_with(extra: &str) -> Result<KafkaConfig, String> {
+        let base = "[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n";
+        match parse(&format!("{base}{extra}")).map(|c| c.sink) {
+            Ok(SinkConfig::Kafka(k)) => Ok(k),
+            Ok(_) => panic!("a kafka sink was configured"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     #[test]
     fn header_lists() {
-        let base = "[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n";
-        let h = |extra: &str| match parse(&format!("{base}{extra}")).map(|c| c.sink) {
-            Ok(SinkConfig::Kafka(k)) => Ok(k.headers),
-            Ok(_) => panic!(),
-            Err(e) => Err(e.to_string()),
-        };
+        let h = |extra: &str| kafka_with(extra).map(|k| k.headers);
         assert_eq!(h(""), Ok(vec![]));
         assert_eq!(
             h("headers = [\"position\", \"source\", \"content-type\"]\n"),
@@ -1679,12 +1684,7 @@ key = "{_HOSTNAME}"
 
     #[test]
     fn oversize_forms() {
-        let base = "[[source]]\ntype = \"journal\"\n[sink]\ntype=\"kafka\"\nbrokers=[\"a:1\"]\ntopic=\"t\"\n";
-        let k = |extra: &str| match parse(&format!("{base}{extra}")).map(|c| c.sink) {
-            Ok(SinkConfig::Kafka(k)) => Ok(k.oversize),
-            Ok(_) => panic!(),
-            Err(e) => Err(e.to_string()),
-        };
+        let k = |extra: &str| kafka_with(extra).map(|k| k.oversize);
         assert_eq!(k("oversize = \"drop\"\n"), Ok(Oversize::Drop));
         assert_eq!(
             k("oversize = { dead_letter = \"dlq\" }\n"),

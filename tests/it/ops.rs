@@ -173,6 +173,22 @@ fn spawn(config: &Path, env: &[(&str, &str)], stderr: &Path) -> Child {
         .unwrap()
 }
 
+/// Waits (at most 20 s) until the agent logging to `log` says it is running.
+fn wait_running(log: &Path) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("perapera is running")
+    {
+        assert!(
+            Instant::now() < end,
+            "{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wedge_entries(first: u64, n: u64) -> Vec<Entry> {
     (first..first + n)
         .map(|i| {
@@ -532,18 +548,7 @@ fn transparent_huge_pages_are_off_and_idle_anonymous_memory_stays_small() {
     );
     let log = dir.path().join("agent.log");
     let mut child = spawn(&config, &[], &log);
-    let end = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("perapera is running")
-    {
-        assert!(
-            Instant::now() < end,
-            "{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_running(&log);
     std::thread::sleep(Duration::from_secs(1));
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let field = |name: &str| {
@@ -595,18 +600,7 @@ fn log_formats_json_and_journal() {
     ] {
         let log = dir.path().join(format!("{format}.log"));
         let mut child = spawn(&config, &[("PERAPERA_LOG_FORMAT", format)], &log);
-        let end = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("perapera is running")
-        {
-            assert!(
-                Instant::now() < end,
-                "{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_running(&log);
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
