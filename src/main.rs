@@ -94,7 +94,7 @@ const EX_DATAERR: u8 = 65;
 /// mimalloc for Rust's allocations (librdkafka and libsystemd keep glibc's malloc). Records
 /// are allocated on a reader thread and freed on librdkafka's delivery thread; glibc's malloc
 /// takes its slow path for every one of them, mimalloc frees them to their page's owner
-/// cheaply. `make bench`: journal 6.9 -> 5.0 CPU-s, files 3.1 -> 2.4 CPU-s.
+/// cheaply. `make bench`: journal 6.9 -> 5.3 CPU-s, files 3.1 -> 2.7 CPU-s.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -105,7 +105,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   anonymous RSS 2.9 -> 12 MiB). Set from `main`, some pages had already faulted (6.7 MiB).
 /// - mimalloc returns freed memory to the system after 100 ms instead of 1 s, unless
 ///   `MIMALLOC_PURGE_DELAY` says otherwise (`make bench`, files -> Kafka: anonymous RSS
-///   47 -> 43 MiB at the same CPU; 20 ms cost 10 % more CPU).
+///   47 -> 41-43 MiB at the same CPU; 20 ms cost about 9 % more CPU).
 extern "C" fn before_the_allocator() {
     // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers. setenv runs before
     // any other thread exists, with NUL-terminated strings; it keeps a value already set.

@@ -751,13 +751,7 @@ impl Tailer {
         };
         if copy.is_none() {
             // No copy: what we hold back was in the file before the truncation; ship it.
-            let (config, name, stats) = (&self.config, &self.name, &self.stats);
-            let pending = &mut self.pending;
-            t.with_lines(|lines, t| {
-                if let Some(line) = lines.flush_partial() {
-                    emit_line(config, name, stats, t, line, pending);
-                }
-            });
+            emit_partial(&self.config, &self.name, &self.stats, t, &mut self.pending);
             flush_join(t, &mut self.pending);
         }
         let old_lines =
@@ -865,12 +859,7 @@ impl Tailer {
             if let Some(since) = t.held_since {
                 if t.at_end() && now.duration_since(since) >= self.config.partial_line_timeout {
                     let before = out.len();
-                    let (config, name, stats) = (&self.config, &self.name, &self.stats);
-                    t.with_lines(|lines, t| {
-                        if let Some(line) = lines.flush_partial() {
-                            emit_line(config, name, stats, t, line, out);
-                        }
-                    });
+                    emit_partial(&self.config, &self.name, &self.stats, t, out);
                     flush_join(t, out);
                     if out.len() > before {
                         self.stats.note(&self.name, "partial_lines_shipped", 1);
@@ -928,6 +917,22 @@ enum Turn {
 /// One file's turn: lines already buffered, then up to [`TURN_BYTES`] more. Every chunk read is
 /// checked against the file's identity before it is used, so bytes of a file that was
 /// truncated and rewritten under us are never taken for the old file's.
+/// Emits the line held back unterminated in `t`, if any (the writer did not finish it in
+/// time, or the file was truncated under it).
+fn emit_partial(
+    config: &FilesConfig,
+    name: &str,
+    stats: &Stats,
+    t: &mut Tracked,
+    out: &mut Vec<Record>,
+) {
+    t.with_lines(|lines, t| {
+        if let Some(line) = lines.flush_partial() {
+            emit_line(config, name, stats, t, line, out);
+        }
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 fn read_turn(
     config: &FilesConfig,
