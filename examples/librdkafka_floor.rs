@@ -1,8 +1,9 @@
 //! The cost of librdkafka alone, for `make bench`: produces one message per line of a file to
 //! an in-process mock cluster with perapera's producer defaults, the same payload shape (a
 //! MessagePack map of `message`, `path`, `host`), no headers (perapera's default;
-//! `FLOOR_HEADERS=N` adds the first N of `[sink] headers`) and a delivery callback per message, keeping at most 10 000 messages in flight (perapera's default
-//! window), and exits once every message was acknowledged. No checkpoint, no pipeline: the
+//! `FLOOR_HEADERS=N` adds the first N of `[sink] headers`) and a delivery callback per
+//! message, keeping at most 10 000 messages in flight (perapera's default window), and exits
+//! once every message was acknowledged. No checkpoint, no pipeline: the
 //! floor under any shipper built on librdkafka.
 //!
 //! Usage: librdkafka_floor FILE [KEY=VALUE librdkafka properties...]
@@ -63,7 +64,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // perapera sends no headers by default; FLOOR_HEADERS=1..3 adds position, source and
     // content-type, as `[sink] headers` does.
     let n_headers: usize = std::env::var("FLOOR_HEADERS").map_or(0, |v| v.parse().unwrap_or(0));
-    let with_headers = n_headers > 0;
     let mut offset = 0usize;
     for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         offset += line.len() + 1;
@@ -75,26 +75,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rmp::encode::write_str(&mut payload, &path)?;
         rmp::encode::write_str(&mut payload, "host")?;
         rmp::encode::write_str(&mut payload, "web-17.fra2.example.net")?;
-        position.clear();
-        position.push_str(&path);
-        position.push(':');
-        position.push_str(&offset.to_string());
-        let mut headers = OwnedHeaders::new_with_capacity(3);
-        for (key, value) in [
-            ("perapera-position", position.as_str()),
-            ("perapera-source", "bench"),
-            ("content-type", "application/msgpack"),
-        ]
-        .into_iter()
-        .take(n_headers)
-        {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
         let mut record = BaseRecord::<(), [u8], ()>::to("bench").payload(&payload[..]);
-        if with_headers {
+        if n_headers > 0 {
+            position.clear();
+            position.push_str(&path);
+            position.push(':');
+            position.push_str(&offset.to_string());
+            let mut headers = OwnedHeaders::new_with_capacity(n_headers);
+            for (key, value) in [
+                ("perapera-position", position.as_str()),
+                ("perapera-source", "bench"),
+                ("content-type", "application/msgpack"),
+            ]
+            .into_iter()
+            .take(n_headers)
+            {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
             record = record.headers(headers);
         }
         while sent - acked.load(Ordering::Relaxed) >= 10_000 {
