@@ -550,15 +550,15 @@ fn transparent_huge_pages_are_off_and_idle_anonymous_memory_stays_small() {
     let mut child = spawn(&config, &[], &log);
     wait_running(&log);
     std::thread::sleep(Duration::from_secs(1));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().trim_end_matches(" kB").to_string())
-    };
-    assert_eq!(field("THP_enabled:").as_deref(), Some("0"), "{status}");
-    let anon_kib: u64 = field("RssAnon:").and_then(|v| v.parse().ok()).unwrap();
+    let pid = child.id();
+    assert_eq!(
+        proc_status(pid, "THP_enabled:").as_deref(),
+        Some("0"),
+        "transparent huge pages are on"
+    );
+    let anon_kib: u64 = proc_status(pid, "RssAnon:")
+        .and_then(|v| v.parse().ok())
+        .unwrap();
     assert!(
         anon_kib < 8 * 1024,
         "idle anonymous RSS {anon_kib} KiB (about 3 MiB expected; 2 MiB pages would show here)"

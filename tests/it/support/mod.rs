@@ -288,13 +288,20 @@ pub fn saved_files(state: &Path, source: &str) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
-/// Resident set size of a process, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// A field of `/proc/PID/status` (`"VmRSS:"`, `"THP_enabled:"`, ...), its value trimmed
+/// and without a ` kB` unit.
+pub fn proc_status(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS:")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
