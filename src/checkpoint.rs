@@ -468,7 +468,21 @@ impl StateDir {
         bytes.push(b'\n');
         let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
         let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            // A leftover temp file goes first (if it is a symlink, the link goes, never its
+            // target), then the new one is created exclusively and without following links.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .mode(0o644)
+                    .open(&tmp)?
+            };
             f.write_all(&bytes)?;
             f.sync_all()?;
             drop(f);
@@ -683,6 +697,33 @@ mod tests {
         );
         drop(state);
         StateDir::lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_temp_file_is_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let tmp = dir.path().join(format!("{CHECKPOINT_FILE}.tmp"));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let state = StateDir::lock(dir.path()).unwrap();
+        let cp = Checkpoint {
+            version: Checkpoint::VERSION,
+            ..Checkpoint::default()
+        };
+        state.store(&cp).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(state.load().unwrap(), cp);
+        assert!(!fs::symlink_metadata(dir.path().join(CHECKPOINT_FILE))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A dangling link too.
+        fs::remove_file(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        state.store(&cp).unwrap();
+        assert!(!victim.exists(), "the link's target was created");
     }
 
     #[test]

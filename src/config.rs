@@ -144,8 +144,12 @@ pub struct ForwardSourceConfig {
     /// At most this many connections; at the limit the longest-idle connection without
     /// unacknowledged requests is closed for a new one.
     pub max_connections: usize,
-    /// Connections silent this long (with nothing awaiting an ack) are closed.
+    /// A connection is closed when, with nothing awaiting an ack, no whole request arrived on
+    /// it for this long (an idle connection, or a request trickling in byte by byte).
     pub idle_timeout: Duration,
+    /// Bytes all connections together may hold before handing them to the pipeline (partial
+    /// and complete requests in connection buffers); at the limit connections stop being read.
+    pub max_buffer_bytes: usize,
 }
 
 impl Default for ForwardSourceConfig {
@@ -158,6 +162,7 @@ impl Default for ForwardSourceConfig {
             max_request_bytes: 16 << 20,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(300),
+            max_buffer_bytes: 64 << 20,
         }
     }
 }
@@ -467,6 +472,7 @@ struct RawSource {
     max_request_bytes: Option<ByteSize>,
     max_connections: Option<u32>,
     idle_timeout: Option<HumanDuration>,
+    max_buffer_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -980,6 +986,7 @@ fn source_keys(s: &RawSource, here: &str, invalid: Invalid) -> Result<(), Config
         ),
         ("max_connections", s.max_connections.is_some(), &[Forward]),
         ("idle_timeout", s.idle_timeout.is_some(), &[Forward]),
+        ("max_buffer_bytes", s.max_buffer_bytes.is_some(), &[Forward]),
     ];
     match keys
         .iter()
@@ -1137,6 +1144,22 @@ fn forward_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKi
         d.max_connections,
         invalid,
     )?;
+    let max_buffer_bytes = bytes(
+        s.max_buffer_bytes,
+        &format!("{here} max_buffer_bytes"),
+        (d.max_buffer_bytes.max(max_request_bytes), "64MiB"),
+        true,
+        invalid,
+    )?;
+    if max_buffer_bytes < max_request_bytes {
+        return Err(invalid(
+            &format!("{here} max_buffer_bytes"),
+            format!(
+                "{max_buffer_bytes} bytes cannot hold one request of max_request_bytes \
+                 ({max_request_bytes} bytes): raise max_buffer_bytes or lower max_request_bytes"
+            ),
+        ));
+    }
     Ok(SourceKind::Forward(ForwardSourceConfig {
         listen,
         tls,
@@ -1147,6 +1170,7 @@ fn forward_source(s: RawSource, here: &str, invalid: Invalid) -> Result<SourceKi
         idle_timeout: s
             .idle_timeout
             .map_or(d.idle_timeout, |x| x.0.max(Duration::from_millis(100))),
+        max_buffer_bytes,
     }))
 }
 
@@ -1763,6 +1787,7 @@ key = "{_HOSTNAME}"
             "max_request_bytes",
             "max_connections",
             "idle_timeout",
+            "max_buffer_bytes",
             "servers",
             "tag",
             "username",

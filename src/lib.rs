@@ -12,6 +12,7 @@
 //! - [`source`]: the journal reader (one OS thread per journal).
 //! - [`sink`]: Kafka and stdout.
 //! - [`ops`]: counters and rate-limited logging.
+//! - [`memory`]: when to give freed memory back to the system.
 //!
 //! [`run`] is the whole agent: tests start it with a shutdown future they control.
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod encode;
 pub mod forward;
+pub mod memory;
 pub mod msgpack;
 pub mod ops;
 pub mod pipeline;

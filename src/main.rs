@@ -90,6 +90,8 @@ enum CursorAction {
 
 const EX_CONFIG: u8 = 64;
 const EX_DATAERR: u8 = 65;
+/// The output went away (stdout's reader exited).
+const EX_IOERR: u8 = 74;
 
 /// mimalloc for Rust's allocations (librdkafka and libsystemd keep glibc's malloc). Records
 /// are allocated on a reader thread and freed on librdkafka's delivery thread; glibc's malloc
@@ -119,7 +121,15 @@ extern "C" fn before_the_allocator() {
 #[link_section = ".init_array.00101"]
 static BEFORE_THE_ALLOCATOR: extern "C" fn() = before_the_allocator;
 
+/// mimalloc's "purge what is free now", forced: its delayed purge runs only when it is called
+/// again after the delay.
+fn release_memory() {
+    // SAFETY: mi_collect takes a flag and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
+    perapera::memory::set_release(release_memory);
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
@@ -230,7 +240,10 @@ fn run(config: Config) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| (1, format!("cannot start the async runtime: {e}")))?;
-    let outcome = runtime.block_on(perapera::run(config, shutdown_signal()));
+    // The handlers are installed before anything starts: a signal that arrives early must not
+    // take its default action (SIGHUP's is to terminate).
+    let signals = runtime.block_on(async { Signals::install() });
+    let outcome = runtime.block_on(perapera::run(config, signals.shutdown()));
     match outcome {
         Ok(summary) => {
             if summary.unacked > 0 {
@@ -246,26 +259,45 @@ fn run(config: Config) -> Result<(), Failure> {
             Err((EX_DATAERR, e.to_string()))
         }
         Err(e @ RunError::Source(SourceError::Open { .. })) => Err((EX_CONFIG, e.to_string())),
+        Err(e @ RunError::OutputClosed(_)) => Err((EX_IOERR, e.to_string())),
         Err(e) => Err((1, e.to_string())),
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT stop perapera; SIGHUP is logged and ignored (there is no configuration
+/// reload: restart to apply a changed configuration).
+struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some([term, int, hup])),
+            _ => {
+                tracing::error!("Cannot install signal handlers; stop perapera with SIGKILL");
+                Signals(None)
             }
         }
-        _ => {
-            tracing::error!("Cannot install signal handlers; stop perapera with SIGKILL");
-            std::future::pending::<()>().await
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn shutdown(self) {
+        let Some([mut term, mut int, mut hup]) = self.0 else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP ignored: perapera does not reload its configuration; restart it \
+                     (systemctl restart perapera) to apply a changed one"
+                ),
+            }
         }
     }
 }

@@ -53,6 +53,9 @@ pub enum RunError {
     /// A source's reader ended on its own.
     #[error("source reader stopped unexpectedly; see the errors above")]
     SourceEnded,
+    /// The sink's output is gone for good (stdout closed).
+    #[error("stopped: {0}; the checkpoint covers what was written, the rest is shipped on the next start")]
+    OutputClosed(String),
 }
 
 /// What a finished run reports.
@@ -182,6 +185,8 @@ struct Pipeline {
     retry_at: Option<Instant>,
     backoff: Duration,
     fatal: bool,
+    /// The output is gone for good: stop.
+    closed: Option<String>,
     stats: Arc<Stats>,
     limit: RateLimit,
     checkpoint: Checkpoint,
@@ -336,6 +341,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         retry_at: None,
         backoff: BACKOFF_MIN,
         fatal: false,
+        closed: None,
         stats: stats.clone(),
         limit: RateLimit::new(Duration::from_secs(10)),
         checkpoint,
@@ -408,6 +414,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         }
         // Every branch may finish slots (acks, or the oversize policy at send time).
         p.advance();
+        if let Some(reason) = p.closed.take() {
+            result = Err(RunError::OutputClosed(reason));
+            break;
+        }
         if p.fatal {
             p.fatal = false;
             if let Err(e) = p.recreate_sink() {
@@ -652,6 +662,13 @@ impl Pipeline {
                 self.stats.sink_failure("fatal", &reason);
                 tracing::error!(%reason, "Sink client failed fatally; it will be recreated");
                 self.fatal = true;
+            }
+            DeliveryError::Closed(reason) => {
+                // One message for the whole burst: the caller stops.
+                if self.closed.is_none() {
+                    self.stats.sink_failure("closed", &reason);
+                    self.closed = Some(reason);
+                }
             }
             DeliveryError::TooLarge(reason) => self.reject(src, seq, true, reason),
             DeliveryError::Invalid(reason) => self.reject(src, seq, false, reason),

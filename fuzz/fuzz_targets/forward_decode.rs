@@ -11,9 +11,23 @@ const LIMIT: usize = 1 << 20;
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while !rest.is_empty() {
-        // Every prefix is either incomplete, complete or an error: never a panic.
-        let _ = frame::scan(&rest[..rest.len() / 2], LIMIT);
-        match frame::scan(rest, LIMIT) {
+        // Every prefix is either incomplete, complete or an error: never a panic; and a
+        // scanner resumed over the stream in pieces agrees with a fresh scan of the whole.
+        let mut resumed = frame::Scanner::default();
+        let mut last = Ok(frame::Scan::Incomplete(0));
+        for cut in [rest.len() / 3, rest.len() / 2, rest.len()] {
+            last = resumed.scan(&rest[..cut], LIMIT);
+            if !matches!(last, Ok(frame::Scan::Incomplete(_))) {
+                break;
+            }
+        }
+        let whole = frame::scan(rest, LIMIT);
+        if let Ok(frame::Scan::Complete(n)) = last {
+            assert_eq!(frame::scan(&rest[..n], LIMIT), Ok(frame::Scan::Complete(n)));
+        } else {
+            assert_eq!(last, whole);
+        }
+        match whole {
             Ok(frame::Scan::Complete(n)) => {
                 let frame = &rest[..n];
                 if let Ok(Some(request)) = forward::decode_request(frame, LIMIT) {
@@ -35,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             _ => break,
         }
     }
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = forward::decode_json(v, LIMIT);
+    if let Ok(frame::Scan::Complete(n)) = frame::JsonScanner::default().scan(data, LIMIT) {
+        let _ = forward::decode_json(&data[..n], LIMIT);
     }
 });

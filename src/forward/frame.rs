@@ -20,6 +20,9 @@ pub enum FrameError {
     /// Byte 0xc1 is never valid MessagePack.
     #[error("invalid MessagePack: byte 0xc1 at offset {0}")]
     Invalid(usize),
+    /// On a JSON connection, a byte outside any array or object that is not whitespace.
+    #[error("invalid JSON request: byte {0:#04x} outside an array or object")]
+    JsonOutside(u8),
     /// Arrays and maps nested deeper than [`MAX_DEPTH`].
     #[error("MessagePack nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
@@ -40,102 +43,211 @@ pub enum Scan {
 
 /// Scans the value at the start of `buf`, failing as soon as it is known to exceed `limit`.
 pub fn scan(buf: &[u8], limit: usize) -> Result<Scan, FrameError> {
-    let mut pos = 0usize;
-    // Values still to read at each open nesting level.
-    let mut pending: Vec<u64> = vec![1];
-    while let Some(top) = pending.last_mut() {
-        if *top == 0 {
-            pending.pop();
-            continue;
-        }
-        *top -= 1;
-        let Some(&b) = buf.get(pos) else {
-            return need(pos as u64 + 1, limit);
-        };
-        // (header bytes after the marker, body bytes or child count, kind)
-        let (header, kind): (usize, Kind) = match b {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, Kind::Body(0)),
-            0x80..=0x8f => (0, Kind::Children(2 * u64::from(b & 0x0f))),
-            0x90..=0x9f => (0, Kind::Children(u64::from(b & 0x0f))),
-            0xa0..=0xbf => (0, Kind::Body(u64::from(b & 0x1f))),
-            0xc1 => return Err(FrameError::Invalid(pos)),
-            0xc4 | 0xd9 => (1, Kind::Len),
-            0xc5 | 0xda => (2, Kind::Len),
-            0xc6 | 0xdb => (4, Kind::Len),
-            0xc7 => (1, Kind::ExtLen),
-            0xc8 => (2, Kind::ExtLen),
-            0xc9 => (4, Kind::ExtLen),
-            0xca => (0, Kind::Body(4)),
-            0xcb => (0, Kind::Body(8)),
-            0xcc | 0xd0 => (0, Kind::Body(1)),
-            0xcd | 0xd1 => (0, Kind::Body(2)),
-            0xce | 0xd2 => (0, Kind::Body(4)),
-            0xcf | 0xd3 => (0, Kind::Body(8)),
-            0xd4 => (0, Kind::Body(2)),
-            0xd5 => (0, Kind::Body(3)),
-            0xd6 => (0, Kind::Body(5)),
-            0xd7 => (0, Kind::Body(9)),
-            0xd8 => (0, Kind::Body(17)),
-            0xdc => (2, Kind::Array),
-            0xdd => (4, Kind::Array),
-            0xde => (2, Kind::Map),
-            0xdf => (4, Kind::Map),
-        };
-        pos += 1;
-        let end_of_header = pos + header;
-        if buf.len() < end_of_header {
-            return need(end_of_header as u64, limit);
-        }
-        let n = buf[pos..end_of_header]
-            .iter()
-            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
-        pos = end_of_header;
-        let kind = match kind {
-            Kind::Len => Kind::Body(n),
-            Kind::ExtLen => Kind::Body(n + 1),
-            Kind::Array => Kind::Children(n),
-            Kind::Map => Kind::Children(2 * n),
-            k => k,
-        };
-        match kind {
-            Kind::Body(len) => {
-                let end = pos as u64 + len;
-                if end > limit as u64 {
-                    return Err(FrameError::TooLarge {
-                        declared: end,
-                        limit,
-                    });
-                }
-                if (buf.len() as u64) < end {
-                    return need(end, limit);
-                }
-                pos = end as usize;
-            }
-            Kind::Children(count) => {
-                // Every child takes at least one byte.
-                if pos as u64 + count > limit as u64 {
-                    return Err(FrameError::TooLarge {
-                        declared: pos as u64 + count,
-                        limit,
-                    });
-                }
-                if count > 0 {
-                    if pending.len() >= MAX_DEPTH {
-                        return Err(FrameError::TooDeep);
-                    }
-                    pending.push(count);
-                }
-            }
-            _ => unreachable!("lengths were resolved above"),
-        }
-        if pos > limit {
-            return Err(FrameError::TooLarge {
-                declared: pos as u64,
-                limit,
-            });
+    Scanner::default().scan(buf, limit)
+}
+
+/// [`scan`] that resumes where the previous call stopped, so a frame that arrives in many
+/// small pieces is walked once in total, not once per piece. Call [`Scanner::scan`] with the
+/// same buffer grown at its end; after `Complete` (or an error) the scanner starts afresh, and
+/// [`Scanner::reset`] does so explicitly when the buffer's front was consumed.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    /// Offset of the next value to read (every byte before it is checked).
+    pos: usize,
+    /// Values still to read at each open nesting level.
+    pending: Vec<u64>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            pos: 0,
+            pending: vec![1],
         }
     }
-    Ok(Scan::Complete(pos))
+}
+
+impl Scanner {
+    /// Forgets the progress (the buffer's first frame was taken out).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.pending.clear();
+        self.pending.push(1);
+    }
+
+    /// Scans on from where the last call stopped.
+    pub fn scan(&mut self, buf: &[u8], limit: usize) -> Result<Scan, FrameError> {
+        let result = self.walk(buf, limit);
+        if !matches!(result, Ok(Scan::Incomplete(_))) {
+            self.reset();
+        }
+        result
+    }
+
+    fn walk(&mut self, buf: &[u8], limit: usize) -> Result<Scan, FrameError> {
+        while let Some(top) = self.pending.last_mut() {
+            if *top == 0 {
+                self.pending.pop();
+                continue;
+            }
+            // The value starting at `start` is read whole or not at all: on "need more" the
+            // scanner stays at its start (a header is a few bytes, re-reading it is free).
+            let start = self.pos;
+            let Some(&b) = buf.get(start) else {
+                return need(start as u64 + 1, limit);
+            };
+            // (header bytes after the marker, body bytes or child count, kind)
+            let (header, kind): (usize, Kind) = match b {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, Kind::Body(0)),
+                0x80..=0x8f => (0, Kind::Children(2 * u64::from(b & 0x0f))),
+                0x90..=0x9f => (0, Kind::Children(u64::from(b & 0x0f))),
+                0xa0..=0xbf => (0, Kind::Body(u64::from(b & 0x1f))),
+                0xc1 => return Err(FrameError::Invalid(start)),
+                0xc4 | 0xd9 => (1, Kind::Len),
+                0xc5 | 0xda => (2, Kind::Len),
+                0xc6 | 0xdb => (4, Kind::Len),
+                0xc7 => (1, Kind::ExtLen),
+                0xc8 => (2, Kind::ExtLen),
+                0xc9 => (4, Kind::ExtLen),
+                0xca => (0, Kind::Body(4)),
+                0xcb => (0, Kind::Body(8)),
+                0xcc | 0xd0 => (0, Kind::Body(1)),
+                0xcd | 0xd1 => (0, Kind::Body(2)),
+                0xce | 0xd2 => (0, Kind::Body(4)),
+                0xcf | 0xd3 => (0, Kind::Body(8)),
+                0xd4 => (0, Kind::Body(2)),
+                0xd5 => (0, Kind::Body(3)),
+                0xd6 => (0, Kind::Body(5)),
+                0xd7 => (0, Kind::Body(9)),
+                0xd8 => (0, Kind::Body(17)),
+                0xdc => (2, Kind::Array),
+                0xdd => (4, Kind::Array),
+                0xde => (2, Kind::Map),
+                0xdf => (4, Kind::Map),
+            };
+            let mut pos = start + 1;
+            let end_of_header = pos + header;
+            if buf.len() < end_of_header {
+                return need(end_of_header as u64, limit);
+            }
+            let n = buf[pos..end_of_header]
+                .iter()
+                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+            pos = end_of_header;
+            let kind = match kind {
+                Kind::Len => Kind::Body(n),
+                Kind::ExtLen => Kind::Body(n + 1),
+                Kind::Array => Kind::Children(n),
+                Kind::Map => Kind::Children(2 * n),
+                k => k,
+            };
+            match kind {
+                Kind::Body(len) => {
+                    let end = pos as u64 + len;
+                    if end > limit as u64 {
+                        return Err(FrameError::TooLarge {
+                            declared: end,
+                            limit,
+                        });
+                    }
+                    if (buf.len() as u64) < end {
+                        return need(end, limit);
+                    }
+                    pos = end as usize;
+                }
+                Kind::Children(count) => {
+                    // Every child takes at least one byte.
+                    if pos as u64 + count > limit as u64 {
+                        return Err(FrameError::TooLarge {
+                            declared: pos as u64 + count,
+                            limit,
+                        });
+                    }
+                    if count > 0 && self.pending.len() >= MAX_DEPTH {
+                        return Err(FrameError::TooDeep);
+                    }
+                }
+                _ => unreachable!("lengths were resolved above"),
+            }
+            if pos > limit {
+                return Err(FrameError::TooLarge {
+                    declared: pos as u64,
+                    limit,
+                });
+            }
+            // The value is accepted: commit it.
+            if let Some(top) = self.pending.last_mut() {
+                *top -= 1;
+            }
+            if let Kind::Children(count @ 1..) = kind {
+                self.pending.push(count);
+            }
+            self.pos = pos;
+        }
+        Ok(Scan::Complete(self.pos))
+    }
+}
+
+/// Where one JSON request (an array or object) ends, resumable like [`Scanner`]: fluentd's
+/// `in_forward` accepts JSON on connections whose first byte is `[` or `{`. Only the brackets
+/// and strings are followed; the complete frame is then parsed by `serde_json`.
+#[derive(Debug, Clone, Default)]
+pub struct JsonScanner {
+    pos: usize,
+    depth: usize,
+    in_str: bool,
+    escaped: bool,
+}
+
+impl JsonScanner {
+    /// Scans on from where the last call stopped; starts afresh after `Complete` or an error.
+    pub fn scan(&mut self, buf: &[u8], limit: usize) -> Result<Scan, FrameError> {
+        let result = self.walk(buf, limit);
+        if !matches!(result, Ok(Scan::Incomplete(_))) {
+            *self = JsonScanner::default();
+        }
+        result
+    }
+
+    fn walk(&mut self, buf: &[u8], limit: usize) -> Result<Scan, FrameError> {
+        while let Some(&b) = buf.get(self.pos) {
+            self.pos += 1;
+            if self.pos > limit {
+                return Err(FrameError::TooLarge {
+                    declared: self.pos as u64,
+                    limit,
+                });
+            }
+            if self.in_str {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        return Err(FrameError::TooDeep);
+                    }
+                }
+                b']' | b'}' if self.depth > 0 => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Ok(Scan::Complete(self.pos));
+                    }
+                }
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                b'"' if self.depth > 0 => self.in_str = true,
+                _ if self.depth > 0 => {}
+                other => return Err(FrameError::JsonOutside(other)),
+            }
+        }
+        need(self.pos as u64 + 1, limit)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -190,6 +302,70 @@ mod tests {
         let mut two = bytes.clone();
         two.extend_from_slice(&[0xc0]);
         assert_eq!(scan(&two, 1 << 20), Ok(Scan::Complete(bytes.len())));
+    }
+
+    #[test]
+    fn a_resumed_scan_agrees_with_a_fresh_one_and_reads_each_byte_once() {
+        use rmpv::Value as V;
+        let v = V::Array(vec![
+            V::from("tag"),
+            V::Array(
+                (0..2000)
+                    .map(|i| V::Array(vec![V::from(i), V::Map(vec![(V::from("k"), V::from("v"))])]))
+                    .collect(),
+            ),
+            V::Map(vec![(V::from("chunk"), V::from("abc"))]),
+        ]);
+        let bytes = encoded(&v);
+        let mut scanner = Scanner::default();
+        for cut in 1..bytes.len() {
+            let resumed = scanner.scan(&bytes[..cut], 1 << 20).unwrap();
+            assert_eq!(resumed, scan(&bytes[..cut], 1 << 20).unwrap(), "cut {cut}");
+            // Progress is kept: the scanner never stands before a value it already passed.
+            assert!(
+                scanner.pos <= cut && scanner.pos + 16 >= cut,
+                "cut {cut}: at {}",
+                scanner.pos
+            );
+        }
+        assert_eq!(
+            scanner.scan(&bytes, 1 << 20),
+            Ok(Scan::Complete(bytes.len()))
+        );
+        assert_eq!(scanner.pos, 0, "starts afresh after a complete frame");
+    }
+
+    #[test]
+    fn json_requests_end_at_their_closing_bracket_whatever_the_pieces() {
+        let two = br#" ["a", 1, {"m": "x]}\"[{"}, {"chunk": "c"}]
+{"k": [1, {"x": "}"}]}"#;
+        let first = two.iter().position(|&b| b == b'\n').unwrap();
+        let mut scanner = JsonScanner::default();
+        for cut in 0..first {
+            assert!(
+                matches!(scanner.scan(&two[..cut], 1 << 20), Ok(Scan::Incomplete(_))),
+                "cut {cut}"
+            );
+        }
+        assert_eq!(scanner.scan(two, 1 << 20), Ok(Scan::Complete(first)));
+        let rest = &two[first..];
+        assert_eq!(
+            JsonScanner::default().scan(rest, 1 << 20),
+            Ok(Scan::Complete(rest.len()))
+        );
+        serde_json::from_slice::<serde_json::Value>(&two[..first]).unwrap();
+        assert_eq!(
+            JsonScanner::default().scan(b" 12", 100),
+            Err(FrameError::JsonOutside(b'1'))
+        );
+        assert!(matches!(
+            JsonScanner::default().scan(&[b'['; 50], 10),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(
+            JsonScanner::default().scan(&[b'['; 500], 1000),
+            Err(FrameError::TooDeep)
+        );
     }
 
     #[test]

@@ -11,10 +11,14 @@
 //! - [`ack`] / [`decode_ack`]: `{"ack": chunk}`, the chunk echoed byte for byte.
 //! - [`handshake`]: HELO / PING / PONG with the shared-key and password digests.
 
+pub mod decode;
 pub mod frame;
 pub mod handshake;
 
-use std::io::{Read, Write};
+use decode::shape;
+pub use decode::{decode_head, decode_json, decode_request, json_frame, DecodeError, Head};
+
+use std::io::Write;
 
 use crate::encode;
 use crate::record::Value;
@@ -65,11 +69,14 @@ impl Time {
     }
 }
 
-/// One event: `[time, record]`.
+/// One event: `[time, record]`, or Fluent Bit's `[[time, metadata], record]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// When it happened.
     pub time: Time,
+    /// Fluent Bit's per-event metadata map as the sender encoded it (`{}` by default), when
+    /// the entry came in the `[[time, metadata], record]` form.
+    pub metadata: Option<Vec<u8>>,
     /// The record's fields in the sender's order.
     pub record: Vec<(String, Value)>,
 }
@@ -96,6 +103,10 @@ pub struct Options {
     pub chunk: Option<Chunk>,
     /// `compressed` as sent (`gzip`, `text`).
     pub compressed: Option<String>,
+    /// Fluent Bit's `fluent_signal` (0 logs, 1 metrics, 2 traces, ...).
+    pub fluent_signal: Option<i64>,
+    /// Fluent Bit's `metadata` option (Message mode: the record's metadata map, encoded).
+    pub metadata: Option<Vec<u8>>,
 }
 
 /// A chunk id as the MessagePack value the sender encoded (`str` or `bin`), so the ack
@@ -165,298 +176,39 @@ pub struct Request {
     pub options: Options,
 }
 
-/// Why a frame is not a request we accept.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// Not MessagePack (or not JSON on a JSON connection).
-    #[error("not a valid request: {0}")]
-    Syntax(String),
-    /// Valid MessagePack in the wrong shape.
-    #[error("{0}")]
-    Shape(String),
-    /// `compressed` names something other than gzip or text.
-    #[error("unsupported compression {0:?} (only \"gzip\" is supported)")]
-    Compression(String),
-    /// The gzip data is corrupt.
-    #[error("corrupt gzip entries: {0}")]
-    Gzip(String),
-    /// The decompressed entries exceed the limit.
-    #[error("decompressed entries exceed the limit of {0} bytes (max_request_bytes)")]
-    TooLarge(usize),
-}
-
-fn shape(what: &str, expected: &str, got: &rmpv::Value) -> DecodeError {
-    DecodeError::Shape(format!("{what} must be {expected}, got {}", kind(got)))
-}
-
-fn kind(v: &rmpv::Value) -> &'static str {
-    use rmpv::Value as V;
-    match v {
-        V::Nil => "nil",
-        V::Boolean(_) => "a boolean",
-        V::Integer(_) => "an integer",
-        V::F32(_) | V::F64(_) => "a float",
-        V::String(_) => "a string",
-        V::Binary(_) => "binary",
-        V::Array(_) => "an array",
-        V::Map(_) => "a map",
-        V::Ext(..) => "an ext value",
-    }
-}
-
-/// Decodes one complete frame (as delimited by [`frame::scan`]). `Ok(None)` is a `nil`
-/// heartbeat. `max_bytes` bounds decompressed entries.
-pub fn decode_request(frame: &[u8], max_bytes: usize) -> Result<Option<Request>, DecodeError> {
-    let value = rmpv::decode::read_value_with_max_depth(&mut &frame[..], frame::MAX_DEPTH)
-        .map_err(|e| DecodeError::Syntax(e.to_string()))?;
-    interpret(value, max_bytes)
-}
-
-/// Decodes one JSON request (`[tag, time, record, option?]` or the Forward mode array), as
-/// fluentd's `in_forward` accepts on connections whose first byte is `[` or `{`.
-pub fn decode_json(
-    value: serde_json::Value,
-    max_bytes: usize,
-) -> Result<Option<Request>, DecodeError> {
-    interpret(json_to_msgpack(value), max_bytes)
-}
-
-fn json_to_msgpack(v: serde_json::Value) -> rmpv::Value {
-    use rmpv::Value as V;
-    use serde_json::Value as J;
-    match v {
-        J::Null => V::Nil,
-        J::Bool(b) => V::Boolean(b),
-        J::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => V::from(u),
-            (None, Some(i), _) => V::from(i),
-            (_, _, Some(f)) => V::F64(f),
-            _ => V::Nil,
-        },
-        J::String(s) => V::from(s),
-        J::Array(items) => V::Array(items.into_iter().map(json_to_msgpack).collect()),
-        J::Object(map) => V::Map(
-            map.into_iter()
-                .map(|(k, v)| (V::from(k), json_to_msgpack(v)))
-                .collect(),
-        ),
-    }
-}
-
-fn interpret(value: rmpv::Value, max_bytes: usize) -> Result<Option<Request>, DecodeError> {
-    use rmpv::Value as V;
-    let items = match value {
-        V::Nil => return Ok(None),
-        V::Array(items) => items,
-        other => return Err(shape("a request", "an array (or nil)", &other)),
-    };
-    if !(2..=4).contains(&items.len()) {
-        return Err(DecodeError::Shape(format!(
-            "a request must be an array of 2 to 4 elements, got {}",
-            items.len()
-        )));
-    }
-    let mut items = items.into_iter();
-    let tag = match items.next() {
-        Some(V::String(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(other) => return Err(shape("element 1 (tag)", "a string", &other)),
-        None => unreachable!("length checked"),
-    };
-    let second = items.next().unwrap_or(V::Nil);
-    let rest: Vec<V> = items.collect();
-    let message = matches!(second, V::Integer(_) | V::Ext(..) | V::F32(_) | V::F64(_));
-    let (option_value, record) = if message {
-        let mut rest = rest.into_iter();
-        let record = rest
-            .next()
-            .ok_or_else(|| DecodeError::Shape("a Message-mode request needs a record".into()))?;
-        (rest.next(), Some(record))
-    } else {
-        if rest.len() > 1 {
-            return Err(DecodeError::Shape(format!(
-                "a Forward or PackedForward request has 2 or 3 elements, got {}",
-                rest.len() + 2
-            )));
-        }
-        (rest.into_iter().next(), None)
-    };
-    let options = match option_value {
-        None | Some(V::Nil) => Options::default(),
-        Some(V::Map(m)) => options(m)?,
-        Some(other) => return Err(shape("the option element", "a map", &other)),
-    };
-    let (mode, entries) = if let Some(record) = record {
-        let entry = Entry {
-            time: time(second, "element 2 (time)")?,
-            record: fields(record, "element 3 (record)")?,
-        };
-        (Mode::Message, vec![entry])
-    } else {
-        match second {
-            V::Array(events) => {
-                let entries = events
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| entry(e, i))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (Mode::Forward, entries)
-            }
-            V::Binary(bytes) => packed(bytes, &options, max_bytes)?,
-            V::String(s) => packed(s.into_bytes(), &options, max_bytes)?,
-            other => {
-                return Err(shape(
-                    "element 2",
-                    "a time (Message), an array (Forward) or bin/str (PackedForward)",
-                    &other,
-                ))
-            }
-        }
-    };
-    Ok(Some(Request {
-        tag,
-        mode,
-        entries,
-        options,
-    }))
-}
-
-fn packed(
-    bytes: Vec<u8>,
-    options: &Options,
-    max_bytes: usize,
-) -> Result<(Mode, Vec<Entry>), DecodeError> {
-    let (mode, stream) = match options.compressed.as_deref() {
-        None | Some("text") => (Mode::PackedForward, bytes),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            let read = flate2::read::MultiGzDecoder::new(bytes.as_slice())
-                .take(max_bytes as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| DecodeError::Gzip(e.to_string()))?;
-            if read > max_bytes {
-                return Err(DecodeError::TooLarge(max_bytes));
-            }
-            (Mode::CompressedPackedForward, out)
-        }
-        Some(other) => return Err(DecodeError::Compression(other.to_string())),
-    };
-    let mut entries = Vec::new();
-    let mut rd = stream.as_slice();
-    while !rd.is_empty() {
-        let index = entries.len();
-        let value = rmpv::decode::read_value_with_max_depth(&mut rd, frame::MAX_DEPTH)
-            .map_err(|e| DecodeError::Syntax(format!("packed entry {index}: {e}")))?;
-        entries.push(entry(value, index)?);
-    }
-    Ok((mode, entries))
-}
-
-fn options(map: Vec<(rmpv::Value, rmpv::Value)>) -> Result<Options, DecodeError> {
-    use rmpv::Value as V;
-    let mut o = Options::default();
-    for (k, v) in map {
-        match (k.as_str(), v) {
-            (Some("size"), V::Integer(n)) => o.size = n.as_u64(),
-            (Some("size"), other) => return Err(shape("option size", "an integer", &other)),
-            (Some("chunk"), v @ (V::String(_) | V::Binary(_))) => {
-                let mut raw = Vec::new();
-                let _ = rmpv::encode::write_value(&mut raw, &v);
-                o.chunk = Some(Chunk(raw));
-            }
-            (Some("chunk"), other) => return Err(shape("option chunk", "a string", &other)),
-            (Some("compressed"), V::String(s)) => {
-                o.compressed = Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            (Some("compressed"), other) => {
-                return Err(shape("option compressed", "a string", &other))
-            }
-            _ => {}
-        }
-    }
-    Ok(o)
-}
-
-fn entry(value: rmpv::Value, index: usize) -> Result<Entry, DecodeError> {
-    let what = format!("entry {index}");
-    match value {
-        rmpv::Value::Array(pair) if pair.len() == 2 => {
-            let mut pair = pair.into_iter();
-            let (Some(t), Some(r)) = (pair.next(), pair.next()) else {
-                unreachable!("length checked")
-            };
-            Ok(Entry {
-                time: time(t, &format!("{what} time"))?,
-                record: fields(r, &format!("{what} record"))?,
-            })
-        }
-        other => Err(shape(&what, "an array [time, record]", &other)),
-    }
-}
-
-fn time(value: rmpv::Value, what: &str) -> Result<Time, DecodeError> {
-    use rmpv::Value as V;
-    match value {
-        V::Integer(n) => n
-            .as_u64()
-            .map(Time::Seconds)
-            .ok_or_else(|| DecodeError::Shape(format!("{what} must not be negative"))),
-        V::Ext(0, data) if data.len() == 8 => Ok(Time::Event {
-            sec: u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
-            nsec: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
-        }),
-        V::F64(f) if (0.0..4_294_967_296.0).contains(&f) => Ok(float_time(f)),
-        V::F32(f) if f >= 0.0 => Ok(float_time(f64::from(f))),
-        other => Err(shape(
-            what,
-            "an integer or an EventTime (ext type 0, 8 bytes)",
-            &other,
-        )),
-    }
-}
-
-fn float_time(f: f64) -> Time {
-    let sec = f.trunc();
-    Time::Event {
-        sec: sec as u32,
-        nsec: (((f - sec) * 1e9) as u32).min(999_999_999),
-    }
-}
-
-/// A record map as fields: text that is UTF-8 → `Str`, other text and bytes → `Bin`,
-/// non-negative integers → `UInt`, anything else kept as encoded MessagePack.
-fn fields(value: rmpv::Value, what: &str) -> Result<Vec<(String, Value)>, DecodeError> {
-    use rmpv::Value as V;
-    let map = match value {
-        V::Map(m) => m,
-        other => return Err(shape(what, "a map", &other)),
-    };
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| {
-            let name = match k {
-                V::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                other => other.to_string(),
-            };
-            let value = match v {
-                V::String(s) => Value::from_bytes(s.into_bytes()),
-                V::Binary(b) => Value::Bin(b),
-                V::Integer(n) if n.as_u64().is_some() => Value::UInt(n.as_u64().unwrap_or(0)),
-                other => {
-                    let mut raw = Vec::new();
-                    let _ = rmpv::encode::write_value(&mut raw, &other);
-                    Value::Msgpack(raw)
-                }
-            };
-            (name, value)
-        })
-        .collect())
-}
-
 /// Appends one `[time, record]` entry.
 pub fn write_entry(buf: &mut Vec<u8>, time: Time, record: &[(String, Value)]) {
     buf.push(0x92);
     time.write(buf);
     encode::fields_into(record, buf);
+}
+
+impl Entry {
+    /// A Fluent Bit OTLP group start or end marker (EventTime seconds `0xFFFFFFFF` or
+    /// `0xFFFFFFFE` with metadata, `src/flb_log_event_decoder.c`): grouping metadata, not a log.
+    pub fn is_group_marker(&self) -> bool {
+        self.metadata.is_some()
+            && matches!(
+                self.time,
+                Time::Event {
+                    sec: 0xFFFF_FFFE..=0xFFFF_FFFF,
+                    ..
+                }
+            )
+    }
+}
+
+/// [`write_entry`] with Fluent Bit's `[time, metadata]` header when `metadata` is set.
+fn write_entry_with(buf: &mut Vec<u8>, e: &Entry) {
+    buf.push(0x92);
+    if let Some(meta) = &e.metadata {
+        buf.push(0x92);
+        e.time.write(buf);
+        buf.extend_from_slice(meta);
+    } else {
+        e.time.write(buf);
+    }
+    encode::fields_into(&e.record, buf);
 }
 
 /// [`write_entry`] for a record already encoded as a MessagePack map.
@@ -535,13 +287,13 @@ impl Request {
             Mode::Forward => {
                 let _ = rmp::encode::write_array_len(&mut buf, self.entries.len() as u32);
                 for e in &self.entries {
-                    write_entry(&mut buf, e.time, &e.record);
+                    write_entry_with(&mut buf, e);
                 }
             }
             Mode::PackedForward | Mode::CompressedPackedForward => {
                 let mut stream = Vec::new();
                 for e in &self.entries {
-                    write_entry(&mut stream, e.time, &e.record);
+                    write_entry_with(&mut stream, e);
                 }
                 let stream = if gzip { gzip_bytes(&stream) } else { stream };
                 let _ = rmp::encode::write_bin(&mut buf, &stream);
@@ -641,6 +393,7 @@ mod tests {
     fn vector_entries() -> Vec<Entry> {
         vec![
             Entry {
+                metadata: None,
                 time: Time::Event {
                     sec: 1_700_000_000,
                     nsec: 123_456_789,
@@ -648,6 +401,7 @@ mod tests {
                 record: vec![("message".into(), Value::Str("hello".into()))],
             },
             Entry {
+                metadata: None,
                 time: Time::Event {
                     sec: 1_700_000_001,
                     nsec: 0,
@@ -672,6 +426,8 @@ mod tests {
                 size: Some(2),
                 chunk: Some(Chunk::text(CHUNK)),
                 compressed: None,
+                fluent_signal: None,
+                metadata: None,
             },
         };
         assert_eq!(req.encode(), bytes);
@@ -766,6 +522,8 @@ mod tests {
                 size: Some(2),
                 chunk: None,
                 compressed: Some("gzip".into()),
+                fluent_signal: None,
+                metadata: None,
             },
         };
         let bytes = req.encode();
@@ -839,20 +597,18 @@ mod tests {
         rmp::encode::write_bin(&mut unknown, &[1, 2, 3]).unwrap();
         rmp::encode::write_map_len(&mut unknown, 1).unwrap();
         rmp::encode::write_str(&mut unknown, "compressed").unwrap();
-        rmp::encode::write_str(&mut unknown, "zstd").unwrap();
+        rmp::encode::write_str(&mut unknown, "lz4").unwrap();
         assert_eq!(
             decode_request(&unknown, 1 << 20),
-            Err(DecodeError::Compression("zstd".into()))
+            Err(DecodeError::Compression("lz4".into()))
         );
         assert_eq!(decode_request(&[0xc0], 10), Ok(None));
     }
 
     #[test]
     fn json_single_events() {
-        let v: serde_json::Value =
-            serde_json::from_str(r#"["app", 1700000000.5, {"a": "b", "n": -1}, {"chunk": "xyz"}]"#)
-                .unwrap();
-        let req = decode_json(v, 1 << 20).unwrap().unwrap();
+        let json = br#"["app", 1700000000.5, {"a": "b", "n": -1}, {"chunk": "xyz"}]"#;
+        let req = decode_json(json, 1 << 20).unwrap().unwrap();
         assert_eq!(req.tag, "app");
         assert_eq!(
             req.entries[0].time,
@@ -911,7 +667,11 @@ mod tests {
             .prop_map(|(time, mut record)| {
                 record.sort_by(|a, b| a.0.cmp(&b.0));
                 record.dedup_by(|a, b| a.0 == b.0);
-                Entry { time, record }
+                Entry {
+                    time,
+                    metadata: None,
+                    record,
+                }
             })
     }
 
@@ -933,6 +693,8 @@ mod tests {
                     size,
                     chunk: chunk.as_deref().map(Chunk::text),
                     compressed: (mode == Mode::CompressedPackedForward).then(|| "gzip".to_string()),
+                    fluent_signal: None,
+                    metadata: None,
                 },
             };
             let bytes = req.encode();

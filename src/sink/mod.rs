@@ -39,6 +39,8 @@ pub enum DeliveryError {
     BadTimestamp(String),
     /// The sink client is unusable (idempotent producer fatal error): recreate it.
     Fatal(String),
+    /// The output is gone for good (stdout's reader exited: EPIPE): stop, nothing to retry.
+    Closed(String),
 }
 
 /// [`Sink::send`] could not enqueue.

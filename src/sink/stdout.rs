@@ -43,7 +43,15 @@ impl StdoutSink {
         let mut out = std::io::stdout().lock();
         let result = out.write_all(&self.buf).and_then(|()| out.flush());
         self.buf.clear();
-        let result = result.map_err(|e| DeliveryError::Fatal(format!("writing to stdout: {e}")));
+        let result = result.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                DeliveryError::Closed(format!(
+                    "standard output was closed ({e}): its reader exited, e.g. `| head`"
+                ))
+            } else {
+                DeliveryError::Fatal(format!("writing to stdout: {e}"))
+            }
+        });
         for id in self.pending.drain(..) {
             let _ = self.acks.send(Ack {
                 id,

@@ -386,6 +386,7 @@ fn valid_request(tag: &str, n: usize, chunk: bool) -> (Vec<u8>, Option<String>) 
                     sec: 1_700_000_000,
                     nsec: i as u32,
                 },
+                metadata: None,
                 record: vec![("message".into(), Value::Str(format!("{tag} {i}")))],
             })
             .collect(),
@@ -393,6 +394,8 @@ fn valid_request(tag: &str, n: usize, chunk: bool) -> (Vec<u8>, Option<String>) 
             size: Some(n as u64),
             chunk: id.as_deref().map(Chunk::text),
             compressed: None,
+            fluent_signal: None,
+            metadata: None,
         },
     };
     (req.encode(), id)
@@ -480,10 +483,10 @@ fn bad_input_on_the_listener_closes_that_connection_only() {
         ("unknown compression", {
             let mut b = vec![0x93];
             str_tag(&mut b, "t");
-            rmp::encode::write_bin(&mut b, &[0x28, 0xb5, 0x2f, 0xfd]).unwrap();
+            rmp::encode::write_bin(&mut b, &[0x04, 0x22, 0x4d, 0x18]).unwrap();
             rmp::encode::write_map_len(&mut b, 1).unwrap();
             str_tag(&mut b, "compressed");
-            str_tag(&mut b, "zstd");
+            str_tag(&mut b, "lz4");
             b
         }),
         ("corrupt gzip", {
@@ -577,4 +580,129 @@ fn bad_input_on_the_listener_closes_that_connection_only() {
     ] {
         assert!(log.contains(needle), "{needle}: {log}");
     }
+}
+
+/// What fluent-bit 5.1.1 `out_forward` sends by default with `Require_ack_response true`
+/// (captured from the real binary: forward.c `flush_forward_mode`, forward_format.c
+/// `append_options`), with the per-event metadata of the second entry made non-empty, as a
+/// filter that sets metadata leaves it.
+fn fluent_bit_default_request(tag: &str, n: usize, chunk: &str) -> Vec<u8> {
+    let mut b = vec![0x93];
+    rmp::encode::write_str(&mut b, tag).unwrap();
+    rmp::encode::write_array_len(&mut b, n as u32).unwrap();
+    for i in 0..n {
+        b.extend_from_slice(&[0x92, 0x92, 0xd7, 0x00]);
+        b.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        b.extend_from_slice(&(i as u32).to_be_bytes());
+        if i % 2 == 1 {
+            // metadata {"otlp": {"severity": "info"}} in map32 headers, like in_tail's.
+            b.extend_from_slice(&[0xdf, 0, 0, 0, 1]);
+            rmp::encode::write_str(&mut b, "otlp").unwrap();
+            b.extend_from_slice(&[0xdf, 0, 0, 0, 1]);
+            rmp::encode::write_str(&mut b, "severity").unwrap();
+            rmp::encode::write_str(&mut b, "info").unwrap();
+        } else {
+            b.extend_from_slice(&[0xdf, 0, 0, 0, 0]);
+        }
+        b.extend_from_slice(&[0xdf, 0, 0, 0, 1]);
+        rmp::encode::write_str(&mut b, "log").unwrap();
+        rmp::encode::write_str(&mut b, &format!("{tag} line {i}")).unwrap();
+    }
+    // Options: map32 {chunk, size, fluent_signal: 0}.
+    b.extend_from_slice(&[0xdf, 0, 0, 0, 3]);
+    rmp::encode::write_str(&mut b, "chunk").unwrap();
+    rmp::encode::write_str(&mut b, chunk).unwrap();
+    rmp::encode::write_str(&mut b, "size").unwrap();
+    rmp::encode::write_uint(&mut b, n as u64).unwrap();
+    rmp::encode::write_str(&mut b, "fluent_signal").unwrap();
+    rmp::encode::write_uint(&mut b, 0).unwrap();
+    b
+}
+
+#[test]
+fn fluent_bit_default_form_is_acked_only_after_kafka_and_keeps_its_metadata() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = forward_config(
+        dir.path(),
+        port,
+        "",
+        &format!(
+            "type = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"logs\"",
+            mock.bootstrap_servers()
+        ),
+    );
+    let down = BrokerDown::new(&mock, 1);
+    let agent = Agent::start(&config);
+    wait_listening(port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let token = "rlu+sHXCk0nB19CkD6sw7Q==";
+    s.write_all(&fluent_bit_default_request("app.log", 100, token))
+        .unwrap();
+    // Fluent Bit waits for one response: none may come while Kafka has not acknowledged.
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    let mut buf = [0u8; 512];
+    match s.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("answered before Kafka acknowledged: {other:?}"),
+    }
+    down.up();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(
+        perapera::forward::decode_ack(&buf[..n]).unwrap().as_deref(),
+        Some(token.as_bytes())
+    );
+    let mut reader = Reader::new(&mock.bootstrap_servers(), "logs");
+    assert_eq!(reader.read_n(100, Duration::from_secs(30)), 100);
+    for m in &reader.messages {
+        let f = m.fields();
+        let log = f["log"].as_str().unwrap().to_string();
+        let i: usize = log.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(f["tag"].as_str(), Some("app.log"));
+        match f.get("fluent_metadata") {
+            Some(meta) if i % 2 == 1 => assert_eq!(
+                meta,
+                &rmpv::Value::Map(vec![(
+                    "otlp".into(),
+                    rmpv::Value::Map(vec![("severity".into(), "info".into())])
+                )]),
+                "{log}"
+            ),
+            None if i.is_multiple_of(2) => {}
+            other => panic!("{log}: metadata {other:?}"),
+        }
+    }
+    // A metrics chunk (fluent_signal 1) is refused, counted, and the connection closed.
+    let mut metrics = vec![0x93];
+    rmp::encode::write_str(&mut metrics, "app.metrics").unwrap();
+    rmp::encode::write_bin(
+        &mut metrics,
+        &[0x82, 0xa4, b'm', b'e', b't', b'a', 0x80, 0xa1, b'x', 0x90],
+    )
+    .unwrap();
+    metrics.extend_from_slice(&[0xdf, 0, 0, 0, 2]);
+    rmp::encode::write_str(&mut metrics, "chunk").unwrap();
+    rmp::encode::write_str(&mut metrics, "m1").unwrap();
+    rmp::encode::write_str(&mut metrics, "fluent_signal").unwrap();
+    rmp::encode::write_uint(&mut metrics, 1).unwrap();
+    let mut m = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    m.write_all(&metrics).unwrap();
+    assert!(closed_by_server(&mut m), "a metrics chunk was not refused");
+    let log = agent.stop();
+    assert!(
+        log.contains("fluent_signal 1 (metrics) is not a log stream"),
+        "{log}"
+    );
+    let totals = log
+        .lines()
+        .find(|l| l.contains("Totals: source=fwd"))
+        .unwrap_or("");
+    assert!(totals.contains("rejected_signal=1"), "{totals}");
 }

@@ -7,6 +7,7 @@ mod cli;
 mod faults;
 mod files;
 mod forward;
+mod hostile;
 mod journal;
 mod kafka_mock;
 mod kafka_tansu;
