@@ -234,7 +234,11 @@ fn state_failure(e: &StateError) -> Failure {
     (code, e.to_string())
 }
 
-fn run(config: Config) -> Result<(), Failure> {
+fn run(mut config: Config) -> Result<(), Failure> {
+    let limit = perapera::ops::fds::raise_limit();
+    for note in perapera::ops::fds::fit(&mut config, limit) {
+        tracing::warn!("{note}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -578,15 +578,8 @@ mod tests {
     //! Fluentd ones produced by fluentd's own `event.rb`, `time.rb`, `msgpack_factory.rb` and
     //! `out_forward.rb` `send_data_actual` under msgpack-ruby 1.4.2. Records: `{"log":"hello"}`
     //! at 1700000000.123456789 and `{"log":"world"}` at 1700000001.
+    use super::super::tests::hex;
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     fn logs(metadata: bool, event_time: bool) -> Vec<Entry> {
         [

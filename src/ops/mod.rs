@@ -2,6 +2,7 @@
 //! notifications build on these).
 
 pub mod cursor;
+pub mod fds;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use super::format::{self, Stream};
 use super::identity::{FileId, FINGERPRINT_BYTES};
 use super::lines::{Line, LineReader, Part};
+use super::walk;
 use super::{Batch, FileEvent, SourceError};
 use crate::checkpoint::FileCheckpoint;
 use crate::config::{FileStart, FilesConfig, LineFormat};
@@ -212,6 +213,9 @@ pub struct Tailer {
     /// Checkpointed files not opened yet, by (device, inode): several when a file was
     /// truncated (the old contents live on in a copy) or an inode was reused.
     saved: HashMap<(u64, u64), Vec<(u64, FileCheckpoint)>>,
+    /// Entries put (back) in `saved` after the first scan, and since when: a file released
+    /// after it left the globs, resumed at its offset if it comes back within `forget_after`.
+    saved_since: HashMap<(u64, u64), Instant>,
     /// The next [`FileRef::key`] for a file read from its start.
     next_key: u64,
     had_checkpoint: bool,
@@ -224,6 +228,12 @@ pub struct Tailer {
     pending: Vec<Record>,
     /// Rotates which file reads first.
     turn: usize,
+    /// Files with an open descriptor (kept as a count: thousands of files are tracked).
+    open: usize,
+    /// Files that may be closed for others, longest idle last; rebuilt once per scan (no
+    /// file becomes idle during a scan), so a scan opening many files does not search all
+    /// files for each.
+    evictable: Option<Vec<(Instant, (u64, u64))>>,
 }
 
 impl Tailer {
@@ -251,6 +261,7 @@ impl Tailer {
             files: BTreeMap::new(),
             had_checkpoint,
             saved: by_inode,
+            saved_since: HashMap::new(),
             next_key: 1,
             config,
             scans: 0,
@@ -260,6 +271,8 @@ impl Tailer {
             stats,
             pending: Vec::new(),
             turn: 0,
+            open: 0,
+            evictable: None,
         }
     }
 
@@ -279,7 +292,7 @@ impl Tailer {
     }
 
     fn open_count(&self) -> usize {
-        self.files.values().filter(|t| t.file.is_some()).count()
+        self.open
     }
 
     fn excluded(&self, path: &Path) -> bool {
@@ -290,13 +303,18 @@ impl Tailer {
     /// ones that grew, and detects truncation.
     pub fn scan(&mut self) {
         self.scans += 1;
+        self.evictable = None;
         let first = self.scans == 1;
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut found: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        // Directories the globs go through that could not be read this time (out of file
+        // descriptors, permissions): what lies under them is unknown, never "gone".
+        let mut unknown: Vec<PathBuf> = Vec::new();
+        let mut deferred = 0usize;
         for pattern in self.config.include.clone() {
             let mut matched_any = false;
-            let entries = match glob::glob(&pattern) {
-                Ok(e) => e,
+            let walked = match walk::walk(&pattern) {
+                Ok(w) => w,
                 Err(e) => {
                     if self.reported.first(&pattern, "pattern") {
                         tracing::error!(source = %self.name, %pattern, error = %e, "Invalid glob");
@@ -304,18 +322,15 @@ impl Tailer {
                     continue;
                 }
             };
-            for entry in entries {
-                let path = match entry {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let dir = e.path().display().to_string();
-                        if self.reported.first(&dir, "unreadable_dir") {
-                            tracing::warn!(source = %self.name, path = %dir, error = %e.error(),
-                                "Cannot list a directory the glob {pattern:?} goes through; files under it are not read. Check its permissions");
-                        }
-                        continue;
-                    }
-                };
+            for (dir, e) in &walked.unreadable {
+                let shown = dir.display().to_string();
+                if self.reported.first(&shown, "unreadable_dir") {
+                    tracing::warn!(source = %self.name, path = %shown, error = %e,
+                        "Cannot read a directory the glob {pattern:?} goes through; files under it keep their positions and are read once it can be read. Check its permissions (or the file descriptor limit)");
+                }
+            }
+            unknown.extend(walked.unreadable.iter().map(|(d, _)| d.clone()));
+            for path in walked.matches {
                 matched_any = true;
                 if self.excluded(&path) {
                     continue;
@@ -344,6 +359,7 @@ impl Tailer {
                             tracing::warn!(source = %self.name, path = %shown, error = %e,
                                 "Cannot stat a file the globs match; skipping it until it can be");
                         }
+                        unknown.push(path.clone());
                     }
                 }
             }
@@ -364,13 +380,26 @@ impl Tailer {
             }
             if self.files.contains_key(&key) {
                 self.rescan_tracked(key, path, &meta);
-            } else {
-                self.start(path, first);
+            } else if deferred > 0 || !self.start(path, first) {
+                // No descriptor to spare: this file (and, cheaply, every other new one of
+                // this scan) waits for the next scan.
+                deferred += 1;
             }
         }
-        for (key, t) in &mut self.files {
-            t.matched = seen.contains(key);
+        if deferred == 0 {
+            self.reported.clear("", "max_open_files");
+        } else if self.reported.first("", "max_open_files") {
+            tracing::warn!(source = %self.name, deferred, max_open_files = self.config.max_open_files,
+                "Too many files open; files wait to be opened until others are read to their end. Raise max_open_files (and the file descriptor limit) if this persists");
         }
+        for (key, t) in &mut self.files {
+            let unsure = unknown.iter().any(|d| t.path.starts_with(d));
+            t.matched = seen.contains(key) || (unsure && t.matched);
+        }
+        let unreadable: HashSet<String> = unknown.iter().map(|d| d.display().to_string()).collect();
+        self.reported
+            .0
+            .retain(|(p, kind)| *kind != "unreadable_dir" || unreadable.contains(p));
         if first {
             self.resume_rotated_while_down();
         }
@@ -416,6 +445,7 @@ impl Tailer {
                 {
                     t.file = Some(f);
                     t.idle_since = None;
+                    self.open += 1;
                 }
             }
         }
@@ -443,19 +473,20 @@ impl Tailer {
         }
     }
 
-    /// Opens a file not tracked yet and decides where it starts.
-    fn start(&mut self, path: PathBuf, first_scan: bool) {
+    /// Opens a file not tracked yet and decides where it starts; false if no file descriptor
+    /// could be spared for it (`max_open_files`).
+    fn start(&mut self, path: PathBuf, first_scan: bool) -> bool {
         let shown = path.display().to_string();
         if self.open_count() >= self.config.max_open_files && !self.evict_idle() {
-            if self.reported.first(&shown, "max_open_files") {
-                tracing::warn!(source = %self.name, path = %shown, max_open_files = self.config.max_open_files,
-                    "Too many files open; this one is opened once others are finished. Raise max_open_files if this persists");
-            }
-            return;
+            return false;
         }
-        self.reported.clear(&shown, "max_open_files");
         let mut file = match open_file(&path) {
             Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors after all (something else holds them): not this file's
+                // fault, try again at the next scan.
+                return false;
+            }
             Err(e) => {
                 let (kind, hint) = match e.kind() {
                     io::ErrorKind::NotFound => (
@@ -471,7 +502,7 @@ impl Tailer {
                 if self.reported.first(&shown, kind) {
                     tracing::warn!(source = %self.name, path = %shown, error = %e, "Skipping a file: {hint}");
                 }
-                return;
+                return true;
             }
         };
         for kind in ["vanished", "permission", "open"] {
@@ -479,8 +510,8 @@ impl Tailer {
         }
         let meta = match file.metadata() {
             Ok(m) if m.file_type().is_file() => m,
-            Ok(_) => return, // replaced by something else since the stat: the next scan says
-            Err(_) => return,
+            Ok(_) => return true, // replaced by something else since the stat: the next scan says
+            Err(_) => return true,
         };
         let id = match FileId::of(&mut file) {
             Ok(id) => id,
@@ -488,12 +519,12 @@ impl Tailer {
                 if self.reported.first(&shown, "read") {
                     tracing::warn!(source = %self.name, path = %shown, error = %e, "Cannot read a file; skipping it");
                 }
-                return;
+                return true;
             }
         };
         let key = (id.dev, id.ino);
         if self.files.contains_key(&key) {
-            return;
+            return true;
         }
         let size = meta.len();
         // The saved entry whose bytes this file still starts with resumes; the others (older
@@ -522,6 +553,7 @@ impl Tailer {
             None => (0, Continue::New),
         };
         self.track(path, file, id, offset, true, cont);
+        true
     }
 
     /// Starts following `file` at `offset`, moving the checkpoint entry `cont` says.
@@ -570,6 +602,7 @@ impl Tailer {
             };
             (LineReader::new(offset, self.config.max_line_bytes), join)
         });
+        self.open += 1;
         self.files.insert(
             (id.dev, id.ino),
             Tracked {
@@ -592,19 +625,28 @@ impl Tailer {
 
     /// Closes the longest-idle open file that can be reopened by path later.
     fn evict_idle(&mut self) -> bool {
-        let victim = self
-            .files
-            .iter()
-            .filter(|(_, t)| t.file.is_some() && t.matched && t.holds_nothing())
-            .filter_map(|(k, t)| t.idle_since.map(|i| (i, *k)))
-            .min();
-        match victim.and_then(|(_, k)| self.files.get_mut(&k)) {
-            Some(t) => {
+        let files = &self.files;
+        let candidates = self.evictable.get_or_insert_with(|| {
+            let mut c: Vec<_> = files
+                .iter()
+                .filter(|(_, t)| t.file.is_some() && t.matched && t.holds_nothing())
+                .filter_map(|(k, t)| t.idle_since.map(|i| (i, *k)))
+                .collect();
+            c.sort_by(|a, b| b.cmp(a));
+            c
+        });
+        while let Some((idle, key)) = candidates.pop() {
+            let Some(t) = self.files.get_mut(&key) else {
+                continue;
+            };
+            // Still as it was when the list was made?
+            if t.file.is_some() && t.matched && t.holds_nothing() && t.idle_since == Some(idle) {
                 t.file = None;
-                true
+                self.open -= 1;
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     /// Checkpointed files the first scan did not find: renamed out of the globs while we were
@@ -612,21 +654,31 @@ impl Tailer {
     /// to where they were.
     fn resume_rotated_while_down(&mut self) {
         let groups: Vec<_> = self.saved.drain().collect();
+        let now = Instant::now();
         for (inode, entries) in groups {
             let dir = entries
                 .first()
                 .and_then(|(_, s)| Path::new(&s.path).parent().map(Path::to_path_buf));
-            // Where the inode is now, unless a file we follow already has it.
-            let found = dir
+            let listing = dir
                 .filter(|_| !self.files.contains_key(&inode))
-                .and_then(|dir| std::fs::read_dir(dir).ok())
-                .and_then(|list| {
-                    list.flatten().find_map(|entry| {
-                        let meta = entry.metadata().ok()?;
-                        let here = (meta.dev(), meta.ino()) == inode && meta.file_type().is_file();
-                        here.then(|| (entry.path(), meta.len()))
-                    })
-                });
+                .map(std::fs::read_dir);
+            if let Some(Err(e)) = &listing {
+                if e.kind() != io::ErrorKind::NotFound {
+                    // Cannot tell where it is now (out of file descriptors, permissions):
+                    // keep the positions for when the file shows up again.
+                    self.saved_since.insert(inode, now);
+                    self.saved.insert(inode, entries);
+                    continue;
+                }
+            }
+            // Where the inode is now, unless a file we follow already has it.
+            let found = listing.and_then(Result::ok).and_then(|list| {
+                list.flatten().find_map(|entry| {
+                    let meta = entry.metadata().ok()?;
+                    let here = (meta.dev(), meta.ino()) == inode && meta.file_type().is_file();
+                    here.then(|| (entry.path(), meta.len()))
+                })
+            });
             let mut file = found.and_then(|(path, len)| {
                 let f = open_file(&path).ok()?;
                 Some((path, f, len))
@@ -878,10 +930,40 @@ impl Tailer {
         }
         for key in released {
             if let Some(t) = self.files.remove(&key) {
+                if t.file.is_some() {
+                    self.open -= 1;
+                }
                 tracing::debug!(source = %self.name, path = %t.path.display(),
                     offset = t.lines.fed_offset(), "Released a rotated or deleted file");
+                if !t.copy {
+                    // If it comes back (a directory moved away and back), it resumes here.
+                    let saved = FileCheckpoint {
+                        path: t.path.display().to_string(),
+                        dev: t.id.dev,
+                        ino: t.id.ino,
+                        fingerprint: t.id.fingerprint,
+                        fingerprint_len: t.id.fingerprint_len,
+                        offset: t.lines.fed_offset(),
+                        acked_at_ms: 0,
+                        seen_at_ms: 0,
+                    };
+                    self.saved
+                        .entry(key)
+                        .or_default()
+                        .push((t.file_ref.key, saved));
+                    self.saved_since.insert(key, now);
+                }
             }
         }
+        let forget = self.config.forget_after;
+        let saved = &mut self.saved;
+        self.saved_since.retain(|inode, since| {
+            let keep = now.duration_since(*since) < forget;
+            if !keep {
+                saved.remove(inode);
+            }
+            keep
+        });
     }
 
     /// When [`Tailer::tick`] has something to do next, if anything.
@@ -1540,6 +1622,13 @@ mod tests {
             let mut out = Vec::new();
             self.tailer.read(&mut out, batch, usize::MAX, self.now);
             self.tailer.tick(self.now, &mut out);
+            let open = self
+                .tailer
+                .files
+                .values()
+                .filter(|t| t.file.is_some())
+                .count();
+            assert_eq!(self.tailer.open, open, "the open-file count drifted");
             self.take_events();
             self.delivered.extend(out.iter().map(message));
             self.in_flight.extend(out);

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod journal;
 mod journal_settings;
 pub mod lines;
+pub mod walk;
 
 use std::sync::Arc;
 

@@ -700,9 +700,6 @@ fn fluent_bit_default_form_is_acked_only_after_kafka_and_keeps_its_metadata() {
         log.contains("fluent_signal 1 (metrics) is not a log stream"),
         "{log}"
     );
-    let totals = log
-        .lines()
-        .find(|l| l.contains("Totals: source=fwd"))
-        .unwrap_or("");
+    let totals = totals(&log, "fwd");
     assert!(totals.contains("rejected_signal=1"), "{totals}");
 }

@@ -11,6 +11,7 @@ mod hostile;
 mod journal;
 mod kafka_mock;
 mod kafka_tansu;
+mod limits;
 mod ops;
 mod packaging;
 mod support;

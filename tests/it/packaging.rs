@@ -36,6 +36,7 @@ fn systemd_unit_verifies_and_is_hardened() {
         "CapabilityBoundingSet=\n",
         "RestrictAddressFamilies=",
         "SystemCallFilter=@system-service",
+        "LimitNOFILE=65536",
     ] {
         assert!(unit.contains(directive), "the unit lacks {directive:?}");
     }

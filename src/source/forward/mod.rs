@@ -115,6 +115,8 @@ struct Shared {
     /// known before they are read, so they are not charged to the budget: this bounds them to
     /// one request's `max_request_bytes`).
     heavy: tokio::sync::Mutex<()>,
+    /// A connection that held a large request closed: return free memory at the next tick.
+    release_memory: AtomicBool,
 }
 
 /// Why a connection was closed.
@@ -183,6 +185,7 @@ impl ForwardReader {
             conns: Mutex::new(HashMap::new()),
             budget,
             heavy: tokio::sync::Mutex::new(()),
+            release_memory: AtomicBool::new(false),
         });
         std::thread::Builder::new()
             .name(format!("forward:{name}"))
@@ -240,14 +243,18 @@ async fn listen(shared: Arc<Shared>, listener: std::net::TcpListener) {
                     let close = conn::connection(&shared, stream, peer, id, kill).await;
                     let held = shared.conns.lock().ok().and_then(|mut c| c.remove(&id)).map_or(0, |c| c.charged);
                     if held > 0 || matches!(close, Close::Memory) {
-                        // It held a large request: give the pages back (after a flood the
-                        // listener may go quiet and the allocator would keep them).
-                        crate::memory::release();
+                        // It held a large request: the pages go back at the next tick (after
+                        // a flood the listener may go quiet and the allocator keep them).
+                        shared.release_memory.store(true, Ordering::Relaxed);
                     }
                     shared.closed(peer, close);
                 });
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if shared.release_memory.swap(false, Ordering::Relaxed) {
+                    crate::memory::release();
+                }
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }

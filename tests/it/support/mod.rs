@@ -299,6 +299,12 @@ pub fn proc_status(pid: u32, name: &str) -> Option<String> {
 }
 
 /// Resident set size of a process, in KiB.
+/// The exit log's `Totals:` line for `source` (counters as `name=value`), or "".
+pub fn totals<'a>(log: &'a str, source: &str) -> &'a str {
+    let needle = format!("Totals: source={source}");
+    log.lines().find(|l| l.contains(&needle)).unwrap_or("")
+}
+
 /// User plus system CPU time of process `pid` so far, in seconds (/proc/PID/stat).
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
