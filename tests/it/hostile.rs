@@ -430,3 +430,54 @@ fn a_closed_stdout_ends_the_run_with_one_message_and_a_consistent_checkpoint() {
     );
     agent.stop();
 }
+
+#[test]
+fn the_metrics_endpoint_survives_idle_floods_and_huge_headers() {
+    let Forwarder {
+        _dir,
+        agent,
+        port: _,
+        metrics,
+    } = forwarder("", "type = \"stdout\"");
+    let pid = agent.child.id();
+    let end = Instant::now() + Duration::from_secs(10);
+    while health(metrics) != 200 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let idle_rss = rss_kib(pid);
+    // 505 connections that never send a request.
+    let idle: Vec<TcpStream> = (0..505)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", metrics)).ok())
+        .collect();
+    assert_eq!(idle.len(), 505);
+    for _ in 0..3 {
+        assert_eq!(health(metrics), 200, "/health during an idle flood");
+        assert!(
+            http_get(metrics, "/metrics")
+                .is_some_and(|(s, b)| s == 200 && b.contains("perapera_build_info")),
+            "/metrics during an idle flood"
+        );
+    }
+    drop(idle);
+    // One request head of 200 MB: answered 431 after 8 KiB, never buffered.
+    let mut s = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nX-Big: ").unwrap();
+    let piece = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 200 << 20 && s.write_all(&piece).is_ok() {
+        sent += piece.len();
+    }
+    let mut answer = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_string(&mut answer);
+    assert!(sent < 200 << 20, "all 200 MB were read");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(
+        rss_kib(pid) < idle_rss + 16 * 1024,
+        "RSS {} KiB (idle {idle_rss})",
+        rss_kib(pid)
+    );
+    assert_eq!(health(metrics), 200, "/health after the floods");
+    agent.stop();
+}
