@@ -378,7 +378,7 @@ pub async fn read_frame(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use proptest::prelude::*;
 
