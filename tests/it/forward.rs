@@ -366,6 +366,12 @@ fn shared_key_handshake_over_tls_with_a_ca_made_here() {
     let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
     plain.write_all(&valid_request("plain", 1, true).0).unwrap();
     assert!(closed_by_server(&mut plain));
+    // The refusal is counted just after the socket closes: wait for it before stopping.
+    assert!(
+        receiver.wait_log("TLS handshake failed", Duration::from_secs(10)),
+        "{}",
+        receiver.stderr()
+    );
     let log = receiver.stop();
     assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(log.contains("rejected_authentication="), "{log}");
