@@ -13,6 +13,7 @@
 //! - [`sink`]: Kafka and stdout.
 //! - [`ops`]: counters and rate-limited logging.
 //! - [`memory`]: when to give freed memory back to the system.
+//! - [`runtime`]: a thread with its own single-threaded tokio runtime.
 //!
 //! [`run`] is the whole agent: tests start it with a shutdown future they control.
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@ pub mod msgpack;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
+pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod tls;

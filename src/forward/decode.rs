@@ -120,6 +120,14 @@ fn value(bytes: &[u8]) -> Result<rmpv::Value, DecodeError> {
         .map_err(|e| DecodeError::Syntax(e.to_string()))
 }
 
+/// `v` as MessagePack bytes (kept as the sender's value: chunk ids, metadata, odd fields).
+fn encoded(v: &rmpv::Value) -> Vec<u8> {
+    let mut raw = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut raw, v);
+    raw
+}
+
 /// Reads the tag, mode and options of one complete frame (as delimited by [`frame::scan`]).
 /// `Ok(None)` is a `nil` heartbeat.
 pub fn decode_head(frame: &[u8]) -> Result<Option<Head<'_>>, DecodeError> {
@@ -403,9 +411,7 @@ pub fn decode_request(frame: &[u8], max_bytes: usize) -> Result<Option<Request>,
 pub fn json_frame(json: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let v: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| DecodeError::Syntax(format!("invalid JSON: {e}")))?;
-    let mut out = Vec::with_capacity(json.len());
-    let _ = rmpv::encode::write_value(&mut out, &json_to_msgpack(v));
-    Ok(out)
+    Ok(encoded(&json_to_msgpack(v)))
 }
 
 /// [`decode_request`] for a JSON request.
@@ -443,9 +449,7 @@ fn options(map: Vec<(rmpv::Value, rmpv::Value)>) -> Result<Options, DecodeError>
             (Some("size"), V::Integer(n)) => o.size = n.as_u64(),
             (Some("size"), other) => return Err(shape("option size", "an integer", &other)),
             (Some("chunk"), v @ (V::String(_) | V::Binary(_))) => {
-                let mut raw = Vec::new();
-                let _ = rmpv::encode::write_value(&mut raw, &v);
-                o.chunk = Some(Chunk(raw));
+                o.chunk = Some(Chunk(encoded(&v)))
             }
             (Some("chunk"), other) => return Err(shape("option chunk", "a string", &other)),
             (Some("compressed"), V::String(s)) => {
@@ -460,11 +464,7 @@ fn options(map: Vec<(rmpv::Value, rmpv::Value)>) -> Result<Options, DecodeError>
             (Some("fluent_signal"), other) => {
                 return Err(shape("option fluent_signal", "an integer", &other))
             }
-            (Some("metadata"), m @ V::Map(_)) => {
-                let mut raw = Vec::new();
-                let _ = rmpv::encode::write_value(&mut raw, &m);
-                o.metadata = Some(raw);
-            }
+            (Some("metadata"), m @ V::Map(_)) => o.metadata = Some(encoded(&m)),
             _ => {}
         }
     }
@@ -491,11 +491,7 @@ fn entry(value: rmpv::Value, index: usize) -> Result<Entry, DecodeError> {
                 )));
             };
             let meta = match m {
-                m @ V::Map(_) => {
-                    let mut raw = Vec::new();
-                    let _ = rmpv::encode::write_value(&mut raw, &m);
-                    raw
-                }
+                m @ V::Map(_) => encoded(&m),
                 V::Nil => vec![0x80],
                 other => return Err(shape(&format!("{what} metadata"), "a map", &other)),
             };
@@ -560,11 +556,7 @@ fn fields(value: rmpv::Value, what: &str) -> Result<Vec<(String, Value)>, Decode
                 V::String(s) => Value::from_bytes(s.into_bytes()),
                 V::Binary(b) => Value::Bin(b),
                 V::Integer(n) if n.as_u64().is_some() => Value::UInt(n.as_u64().unwrap_or(0)),
-                other => {
-                    let mut raw = Vec::new();
-                    let _ = rmpv::encode::write_value(&mut raw, &other);
-                    Value::Msgpack(raw)
-                }
+                other => Value::Msgpack(encoded(&other)),
             };
             (name, value)
         })

@@ -38,17 +38,22 @@ pub fn raise_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// A source's descriptor-hungry limit and its key, if it has one.
+fn hungry(kind: &mut SourceKind) -> Option<(&'static str, &mut usize)> {
+    match kind {
+        SourceKind::Files(f) => Some(("max_open_files", &mut f.max_open_files)),
+        SourceKind::Forward(f) => Some(("max_connections", &mut f.max_connections)),
+        SourceKind::Journal(_) => None,
+    }
+}
+
 /// Fits the sources' descriptor-hungry limits into `limit`; one message per lowered limit.
 pub fn fit(config: &mut Config, limit: u64) -> Vec<String> {
     let available = limit.saturating_sub(RESERVED).max(16);
     let asked: u64 = config
         .sources
-        .iter()
-        .map(|s| match &s.kind {
-            SourceKind::Files(f) => f.max_open_files as u64,
-            SourceKind::Forward(f) => f.max_connections as u64,
-            SourceKind::Journal(_) => 0,
-        })
+        .iter_mut()
+        .filter_map(|s| hungry(&mut s.kind).map(|(_, n)| *n as u64))
         .sum();
     if asked <= available {
         return Vec::new();
@@ -56,10 +61,8 @@ pub fn fit(config: &mut Config, limit: u64) -> Vec<String> {
     let share = |n: usize| ((n as u64 * available) / asked).max(4) as usize;
     let mut notes = Vec::new();
     for s in &mut config.sources {
-        let (key, value) = match &mut s.kind {
-            SourceKind::Files(f) => ("max_open_files", &mut f.max_open_files),
-            SourceKind::Forward(f) => ("max_connections", &mut f.max_connections),
-            SourceKind::Journal(_) => continue,
+        let Some((key, value)) = hungry(&mut s.kind) else {
+            continue;
         };
         let lowered = share(*value);
         notes.push(format!(
@@ -89,12 +92,8 @@ mod tests {
         assert_eq!(notes.len(), 2, "{notes:?}");
         let limits: Vec<usize> = config
             .sources
-            .iter()
-            .map(|s| match &s.kind {
-                SourceKind::Files(f) => f.max_open_files,
-                SourceKind::Forward(f) => f.max_connections,
-                SourceKind::Journal(_) => 0,
-            })
+            .iter_mut()
+            .filter_map(|s| hungry(&mut s.kind).map(|(_, n)| *n))
             .collect();
         assert_eq!(limits, [672, 224]);
         assert!(limits.iter().sum::<usize>() as u64 + RESERVED <= 1024);

@@ -38,21 +38,11 @@ pub fn spawn(
     unhealthy_after: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("perapera-http".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "Cannot start the metrics endpoint's runtime; shipping goes on without /metrics and /health");
-                    return;
-                }
-            };
-            rt.block_on(run(address, stats, unhealthy_after, stop));
-        })
+    crate::runtime::spawn(
+        "perapera-http".into(),
+        "metrics endpoint (shipping goes on without /metrics and /health)".into(),
+        run(address, stats, unhealthy_after, stop),
+    )
 }
 
 async fn run(address: String, stats: Arc<Stats>, unhealthy_after: Duration, stop: Arc<AtomicBool>) {

@@ -187,25 +187,15 @@ impl ForwardReader {
             heavy: tokio::sync::Mutex::new(()),
             release_memory: AtomicBool::new(false),
         });
-        std::thread::Builder::new()
-            .name(format!("forward:{name}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(source = %shared.reader.name, error = %e, "Cannot start the forward listener's runtime");
-                        return;
-                    }
-                };
-                rt.block_on(listen(shared, listener));
-            })
-            .map_err(|e| SourceError::Open {
-                source_name: name,
-                reason: format!("cannot start listener thread: {e}"),
-            })
+        crate::runtime::spawn(
+            format!("forward:{name}"),
+            format!("forward listener of source {name:?}"),
+            listen(shared, listener),
+        )
+        .map_err(|e| SourceError::Open {
+            source_name: name,
+            reason: format!("cannot start listener thread: {e}"),
+        })
     }
 }
 
