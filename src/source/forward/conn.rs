@@ -167,6 +167,8 @@ async fn serve(
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut framer = Framer::default();
     let mut charge = shared.budget.charge();
+    // What the connection table says this connection holds (updated when it changes).
+    let mut reported = 0usize;
     let mut awaiting = 0usize;
     let mut eof = false;
     // When the request being read began (or the connection went idle): a whole request must
@@ -182,14 +184,15 @@ async fn serve(
                 Err(close) => return close,
             };
             let json = framer.json == Some(true);
-            match request(shared, &buf[..n], json, &peer_text, &ack_tx).await {
-                Ok(asks_ack) => {
-                    if asks_ack {
-                        awaiting += 1;
-                        shared.update(id, |c| c.awaiting = awaiting);
-                    }
-                }
-                Err(close) => return close,
+            // An ack is owed from before its records reach the pipeline: a connection waiting
+            // there must not look evictable (max_connections, the memory budget).
+            let owe_ack = || {
+                awaiting += 1;
+                shared.update(id, |c| c.awaiting = awaiting);
+            };
+            if let Err(close) = request(shared, &buf[..n], json, &peer_text, &ack_tx, owe_ack).await
+            {
+                return close;
             }
             buf.drain(..n);
             if json {
@@ -224,7 +227,10 @@ async fn serve(
                 let _ = charge.try_hold(buf.capacity());
             }
         }
-        shared.update(id, |c| c.charged = charge.bytes());
+        if charge.bytes() != reported {
+            reported = charge.bytes();
+            shared.update(id, |c| c.charged = reported);
+        }
         let room = buf.capacity() > buf.len();
         let idle_at = since + config.idle_timeout;
         tokio::select! {
@@ -277,15 +283,16 @@ fn decode_failed(e: DecodeError) -> Close {
     }
 }
 
-/// Decodes one complete request, checks every entry, then hands its records to the pipeline.
-/// `Ok(true)` when it asks for an ack.
+/// Decodes one complete request, checks every entry, then hands its records to the pipeline;
+/// `owe_ack` runs first when the request asks for an ack.
 async fn request(
     shared: &Shared,
     frame: &[u8],
     json: bool,
     peer: &str,
     ack_tx: &mpsc::UnboundedSender<Vec<u8>>,
-) -> Result<bool, Close> {
+    owe_ack: impl FnOnce(),
+) -> Result<(), Close> {
     let limit = shared.reader.config.max_request_bytes;
     let mut heavy = None;
     let converted;
@@ -297,7 +304,7 @@ async fn request(
         frame
     };
     let Some(head) = forward::decode_head(frame).map_err(decode_failed)? else {
-        return Ok(false); // a heartbeat
+        return Ok(()); // a heartbeat
     };
     if head.mode == Mode::CompressedPackedForward && heavy.is_none() {
         heavy = Some(shared.heavy.lock().await);
@@ -318,12 +325,14 @@ async fn request(
             .stats
             .note(&shared.reader.name, "skipped_group_markers", markers);
     }
-    let asks_ack = head.options.chunk.is_some();
+    if head.options.chunk.is_some() {
+        owe_ack();
+    }
     if !submit(shared, &head, n, peer, json, ack_tx).await {
         return Err(Close::Stopping);
     }
     drop(heavy);
-    Ok(asks_ack)
+    Ok(())
 }
 
 /// Turns a request's `n` entries into records and hands them to the pipeline (waiting while
