@@ -336,7 +336,19 @@ pub struct KafkaConfig {
     pub message_max_bytes: usize,
     /// The Kafka headers put on every message, in this order (none by default).
     pub headers: Vec<KafkaHeader>,
+    /// At most this many distinct topics rendered from `topic` are produced to at once
+    /// (a topic unused for [`TOPIC_IDLE`] frees its place).
+    pub max_topics: usize,
+    /// Where entries go whose topic is beyond `max_topics`, unknown to the broker or not
+    /// authorized; `None`: they wait in the window until the topic can take them.
+    pub topic_fallback: Option<String>,
 }
+
+/// `[sink] max_topics` by default.
+pub const DEFAULT_MAX_TOPICS: usize = 1000;
+
+/// A rendered topic unused this long no longer counts towards `max_topics`.
+pub const TOPIC_IDLE: Duration = Duration::from_secs(600);
 
 /// A Kafka header perapera can put on every message (`[sink] headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,6 +522,8 @@ struct RawSink {
     key: Option<Template>,
     oversize: Option<RawOversize>,
     dead_letter_topic: Option<String>,
+    max_topics: Option<u32>,
+    topic_fallback: Option<String>,
     headers: Option<Vec<String>>,
     librdkafka: Option<BTreeMap<String, toml::Value>>,
     servers: Option<Vec<String>>,
@@ -1017,6 +1031,8 @@ fn sink_keys(s: &RawSink, invalid: Invalid) -> Result<(), ConfigError> {
         ("key", s.key.is_some(), &[Kafka]),
         ("oversize", s.oversize.is_some(), &[Kafka]),
         ("dead_letter_topic", s.dead_letter_topic.is_some(), &[Kafka]),
+        ("max_topics", s.max_topics.is_some(), &[Kafka]),
+        ("topic_fallback", s.topic_fallback.is_some(), &[Kafka]),
         ("headers", s.headers.is_some(), &[Kafka]),
         ("librdkafka", s.librdkafka.is_some(), &[Kafka]),
         ("servers", s.servers.is_some(), &[Forward]),
@@ -1542,16 +1558,34 @@ fn kafka_config(
             ))
         }
     };
-    if let Oversize::DeadLetter(t) = &oversize {
-        let mut clean = t.clone();
+    let topic_name = |key: &str, t: &str| {
+        let mut clean = t.to_string();
         crate::record::sanitize_topic(&mut clean);
-        if &clean != t {
-            return Err(invalid(
-                "[sink] dead_letter_topic",
+        if clean == t {
+            Ok(())
+        } else {
+            Err(invalid(
+                key,
                 format!("{t:?} is not a valid Kafka topic name (allowed: A-Z a-z 0-9 . _ -)"),
-            ));
+            ))
         }
+    };
+    if let Oversize::DeadLetter(t) = &oversize {
+        topic_name("[sink] dead_letter_topic", t)?;
     }
+    if let Some(t) = &sink.topic_fallback {
+        topic_name("[sink] topic_fallback", t)?;
+    }
+    let max_topics = match sink.max_topics {
+        Some(n @ 1..=100_000) => n as usize,
+        Some(_) => {
+            return Err(invalid(
+                "[sink] max_topics",
+                format!("must be between 1 and 100000 (default {DEFAULT_MAX_TOPICS})"),
+            ))
+        }
+        None => DEFAULT_MAX_TOPICS,
+    };
     let mut headers = Vec::new();
     for name in sink.headers.unwrap_or_default() {
         let Some((_, h)) = KafkaHeader::ALL.iter().find(|(n, _)| *n == name) else {
@@ -1577,6 +1611,8 @@ fn kafka_config(
         librdkafka: props,
         message_max_bytes,
         headers,
+        max_topics,
+        topic_fallback: sink.topic_fallback,
     })
 }
 
@@ -1683,6 +1719,34 @@ key = "{_HOSTNAME}"
     }
 
     #[test]
+    fn topic_bound_and_fallback_are_checked() {
+        let k = |extra: &str| kafka_with(extra).map(|k| (k.max_topics, k.topic_fallback));
+        assert_eq!(k(""), Ok((DEFAULT_MAX_TOPICS, None)));
+        assert_eq!(
+            k("max_topics = 20\ntopic_fallback = \"logs.unrouted\"\n"),
+            Ok((20, Some("logs.unrouted".into())))
+        );
+        for bad in ["max_topics = 0\n", "max_topics = 100001\n"] {
+            let e = k(bad).unwrap_err();
+            assert!(
+                e.contains("[sink] max_topics") && e.contains("100000"),
+                "{e}"
+            );
+        }
+        let e = k("topic_fallback = \"logs/other\"\n").unwrap_err();
+        assert!(
+            e.contains("[sink] topic_fallback") && e.contains("not a valid Kafka topic"),
+            "{e}"
+        );
+        let e =
+            err("[[source]]\ntype = \"journal\"\n[sink]\ntype=\"stdout\"\ntopic_fallback=\"x\"\n");
+        assert!(
+            e.contains("[sink] topic_fallback: the stdout sink takes no options"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn header_lists() {
         let h = |extra: &str| kafka_with(extra).map(|k| k.headers);
         assert_eq!(h(""), Ok(vec![]));
@@ -1769,6 +1833,8 @@ key = "{_HOSTNAME}"
             "key",
             "oversize",
             "dead_letter_topic",
+            "max_topics",
+            "topic_fallback",
             "include",
             "exclude",
             "format",

@@ -248,6 +248,9 @@ fn run(mut config: Config) -> Result<(), Failure> {
     // take its default action (SIGHUP's is to terminate).
     let signals = runtime.block_on(async { Signals::install() });
     let outcome = runtime.block_on(perapera::run(config, signals.shutdown()));
+    // `run` waited for the readers as long as shutdown_timeout allows: a reader thread still
+    // blocked (in a journal call, say) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match outcome {
         Ok(summary) => {
             if summary.unacked > 0 {
@@ -427,6 +430,14 @@ fn check(config: &Config) -> Result<(), Failure> {
                     .as_ref()
                     .map_or("none".to_string(), ToString::to_string),
                 k.oversize
+            );
+            println!(
+                "  at most {} distinct topics; entries whose topic is unknown, not authorized or beyond that {}",
+                k.max_topics,
+                k.topic_fallback.as_ref().map_or_else(
+                    || "wait in the window (/health turns 503 naming the topic)".to_string(),
+                    |t| format!("go to topic_fallback {t:?}")
+                )
             );
             for (key, v) in &k.librdkafka {
                 println!("  librdkafka {key} = {v}");

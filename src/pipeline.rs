@@ -38,6 +38,11 @@ use crate::source::forward::ForwardReader;
 use crate::source::journal::{self, JournalReader, Start};
 use crate::source::{Batch, SourceError};
 
+mod inlets;
+mod waits;
+use inlets::{share, Inlets};
+use waits::{TopicWaits, TOPIC_RETRY};
+
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -93,11 +98,17 @@ struct Slot {
     rejections: u8,
     dead_letter: bool,
     timestamp_now: bool,
+    /// Sent to the fallback topic instead of this one (its topic was unknown or over the bound).
+    meant_for: Option<Box<str>>,
+    /// The topic it waits for (policy "wait").
+    waits_for: Option<Arc<str>>,
 }
 
 struct SourceState {
     name: String,
     window: Watermark<Slot>,
+    /// Bytes of this source's entries not yet acknowledged.
+    bytes: usize,
     acked: Acked,
     /// `acked` changed since the checkpoint was last written.
     dirty: bool,
@@ -134,7 +145,9 @@ impl Acked {
             (Acked::Files(files), Position::File { file, offset }) => {
                 files.acked(&file, offset, now);
             }
-            (Acked::Forward, Position::Forward(pending)) => pending.entry_done(),
+            // Forward entries count towards their request's ack when done (see `finish`): the
+            // requests of one source are independent, and one waiting entry must not hold back
+            // the acks of every request read after it.
             _ => {}
         }
     }
@@ -181,8 +194,12 @@ struct Pipeline {
     persist_at: usize,
     /// Bytes of entries not yet acknowledged.
     in_flight_bytes: usize,
-    retry: Vec<(usize, u64)>,
+    /// Entries to send again: when, source, sequence.
+    retry: Vec<(Instant, usize, u64)>,
     retry_at: Option<Instant>,
+    /// `[sink] topic_fallback`.
+    topic_fallback: Option<String>,
+    topic_waits: TopicWaits,
     backoff: Duration,
     fatal: bool,
     /// The output is gone for good: stop.
@@ -222,7 +239,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let checkpoint = state.load()?;
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
     let sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
+    let (mut inlets, senders) = Inlets::new(config.sources.len());
     let stop = Arc::new(AtomicBool::new(false));
     // A batch is taken only when it fits the window, so the window is a strict bound (it is
     // also the duplicate bound after a crash): batches are at most a quarter of it.
@@ -246,7 +263,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     batch_bytes,
                     stats: stats.clone(),
                 }
-                .spawn(batch_tx.clone(), stop.clone());
+                .spawn(senders[index].clone(), stop.clone());
                 // Once the journal opened: a journal that cannot be opened is reported once.
                 if reader.is_ok() {
                     journal::spawn_prober(
@@ -274,7 +291,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     batch_bytes,
                     stats: stats.clone(),
                 }
-                .spawn(batch_tx.clone(), stop.clone())
+                .spawn(senders[index].clone(), stop.clone())
             }
             SourceKind::Forward(fc) => ForwardReader {
                 index,
@@ -284,7 +301,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 batch_bytes,
                 stats: stats.clone(),
             }
-            .spawn(batch_tx.clone(), stop.clone()),
+            .spawn(senders[index].clone(), stop.clone()),
         };
         match spawned {
             Ok(h) => readers.push(h),
@@ -294,7 +311,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             }
         }
     }
-    drop(batch_tx);
+    drop(senders);
+    // Each source may hold its share of the window, so that a source whose entries wait (for
+    // a topic, say) cannot stop the others; the checkpoint is written once half of what the
+    // others may hold waits on it.
+    let max_in_flight = config.pipeline.max_in_flight;
+    let shares = (
+        share(max_in_flight, config.sources.len(), batch_entries),
+        share(
+            config.pipeline.max_in_flight_bytes,
+            config.sources.len(),
+            batch_bytes,
+        ),
+    );
+    let persist_at = match config.sources.len() {
+        1 => max_in_flight / 2,
+        _ => max_in_flight.saturating_sub(shares.0) / 2,
+    }
+    .max(1);
     let oversize = match &config.sink {
         SinkConfig::Kafka(k) => k.oversize.clone(),
         SinkConfig::Stdout | SinkConfig::Forward(_) => Oversize::Truncate,
@@ -312,6 +346,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             .map(|s| SourceState {
                 name: s.name.clone(),
                 window: Watermark::default(),
+                bytes: 0,
                 acked: match &s.kind {
                     SourceKind::Journal(_) => Acked::Journal(None),
                     SourceKind::Files(fc) => Acked::Files(FileOffsets::new(
@@ -335,10 +370,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         oversize,
         in_flight: 0,
         unpersisted: 0,
-        persist_at: (config.pipeline.max_in_flight / 2).max(1),
+        persist_at,
         in_flight_bytes: 0,
         retry: Vec::new(),
         retry_at: None,
+        topic_fallback: match &config.sink {
+            SinkConfig::Kafka(k) => k.topic_fallback.clone(),
+            _ => None,
+        },
+        topic_waits: TopicWaits::default(),
         backoff: BACKOFF_MIN,
         fatal: false,
         closed: None,
@@ -388,7 +428,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     p.on_ack(ack);
                 }
             }
-            batch = batch_rx.recv(), if room => match batch {
+            batch = inlets.recv(|i| p.admits(i, shares, (batch_entries, batch_bytes))), if room => match batch {
                 Some(batch) => p.submit(batch),
                 None => {
                     sources_open = false;
@@ -459,10 +499,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             .saturating_sub(close_reserve / 2)
     });
     let unacked = p.unacked();
-    let Pipeline { sink, state, .. } = p;
+    let Pipeline {
+        sink,
+        state,
+        sources,
+        ..
+    } = p;
     sink.close(flush_time);
     drop(state);
-    drop(batch_rx);
+    // The entries still held go (forward connections waiting on acks of theirs end), and
+    // readers blocked on a full channel see it closed.
+    drop(sources);
+    inlets.close();
     for line in stats.summary() {
         tracing::info!("Totals: {line}");
     }
@@ -496,6 +544,14 @@ impl Pipeline {
         let unacked = self.unacked() as u64;
         self.stats.loop_at_ms.store(now, Ordering::Relaxed);
         self.stats.unacked.store(unacked, Ordering::Relaxed);
+        self.stats
+            .topics_in_use
+            .store(self.sink.topics_in_use() as u64, Ordering::Relaxed);
+        if let Ok(mut published) = self.stats.topic_waits.lock() {
+            if self.topic_waits.len() > 0 || !published.is_empty() {
+                *published = self.topic_waits.published();
+            }
+        }
         if self.progressed || unacked == 0 {
             self.progressed = false;
             self.stats.progress_at_ms.store(now, Ordering::Relaxed);
@@ -539,6 +595,14 @@ impl Pipeline {
         )
     }
 
+    /// Whether source `i` may add a batch of `batch` (entries, bytes) without holding more
+    /// than its `share` of the window.
+    fn admits(&self, i: usize, share: (usize, usize), batch: (usize, usize)) -> bool {
+        self.sources
+            .get(i)
+            .is_some_and(|s| s.window.len() + batch.0 <= share.0 && s.bytes + batch.1 <= share.1)
+    }
+
     /// Entries not yet acknowledged (or finally handled): the slots behind the watermark.
     fn unacked(&self) -> usize {
         self.in_flight - self.unpersisted
@@ -568,6 +632,8 @@ impl Pipeline {
                 rejections: 0,
                 dead_letter: false,
                 timestamp_now: false,
+                meant_for: None,
+                waits_for: None,
             };
             let Some(source) = self.sources.get_mut(batch.source) else {
                 continue;
@@ -575,6 +641,7 @@ impl Pipeline {
             let seq = source.window.push(slot);
             self.in_flight += 1;
             self.in_flight_bytes += bytes;
+            source.bytes += bytes;
             self.send(batch.source, seq);
         }
         self.sink.flush_burst();
@@ -592,8 +659,9 @@ impl Pipeline {
             return;
         };
         slot.attempt = slot.attempt.wrapping_add(1);
-        let dead_letter = match (&self.oversize, slot.dead_letter) {
+        let topic = match (&self.oversize, slot.dead_letter) {
             (Oversize::DeadLetter(t), true) => Some(t.as_str()),
+            _ if slot.meant_for.is_some() => self.topic_fallback.as_deref(),
             _ => None,
         };
         let out = Outgoing {
@@ -601,7 +669,8 @@ impl Pipeline {
             source: &source.name,
             position: &slot.position,
             record,
-            dead_letter,
+            topic,
+            meant_for: slot.meant_for.as_deref(),
             timestamp_now: slot.timestamp_now,
         };
         match self.sink.send(out) {
@@ -670,9 +739,57 @@ impl Pipeline {
                     self.closed = Some(reason);
                 }
             }
+            DeliveryError::Topic {
+                topic,
+                reason,
+                bound,
+            } => self.on_topic(src, seq, &topic, reason, bound),
             DeliveryError::TooLarge(reason) => self.reject(src, seq, true, reason),
             DeliveryError::Invalid(reason) => self.reject(src, seq, false, reason),
         }
+    }
+
+    /// The entry's topic refused it (unknown, not authorized, beyond `max_topics`): it goes
+    /// to the fallback topic if one is configured and it was not already going there (or to
+    /// the dead-letter topic), else it waits and is offered again every [`TOPIC_RETRY`].
+    fn on_topic(&mut self, src: usize, seq: u64, topic: &str, reason: String, bound: bool) {
+        let fallback = self.topic_fallback.as_deref();
+        let source = &mut self.sources[src];
+        let Some((slot, false)) = source.window.get_mut(seq) else {
+            return;
+        };
+        let reroute = fallback.filter(|f| *f != topic && !slot.dead_letter);
+        if let (Some(fallback), None) = (reroute, &slot.meant_for) {
+            slot.meant_for = Some(topic.into());
+            if let Some(w) = slot.waits_for.take() {
+                self.topic_waits.done(&w);
+            }
+            let action = if bound {
+                "rerouted_max_topics"
+            } else {
+                "rerouted_unknown_topic"
+            };
+            self.stats.failed(&source.name, action);
+            if let Some(suppressed) = self.limit.allow(action) {
+                tracing::warn!(source = %source.name, topic, fallback, %reason, suppressed,
+                    "Kafka topic cannot take entries; sending them to [sink] topic_fallback with a perapera-topic header");
+            }
+            self.schedule_retry(src, seq, Duration::ZERO);
+            return;
+        }
+        let waits = self
+            .topic_waits
+            .wait(slot.waits_for.take(), topic, reason.clone(), now_ms());
+        slot.waits_for = Some(waits);
+        let name = source.name.clone();
+        self.stats
+            .sink_failure("topic", &format!("topic {topic:?}: {reason}"));
+        if let Some(suppressed) = self.limit.allow("topic_wait") {
+            tracing::warn!(source = %name, topic, %reason, topics_waited_for = self.topic_waits.len(), suppressed,
+                "Kafka topic cannot take entries; they wait in the in-flight window and are retried every second \
+                 (create the topic, or set [sink] topic_fallback)");
+        }
+        self.schedule_retry(src, seq, TOPIC_RETRY);
     }
 
     /// The oversize policy: an entry the sink can never accept must not stall the watermark.
@@ -756,6 +873,12 @@ impl Pipeline {
         let bytes = match source.window.get_mut(seq) {
             Some((slot, false)) => {
                 slot.record = None;
+                if let Some(w) = slot.waits_for.take() {
+                    self.topic_waits.done(&w);
+                }
+                if let Position::Forward(pending) = &slot.position {
+                    pending.entry_done();
+                }
                 slot.bytes
             }
             _ => return,
@@ -764,6 +887,7 @@ impl Pipeline {
             // The slot keeps its window place until a written checkpoint covers it: until then
             // a restart would send it again, and the window is the duplicate bound.
             self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
+            source.bytes = source.bytes.saturating_sub(bytes);
             if dropped.is_none() {
                 self.stats.acked(src, 1);
             }
@@ -771,15 +895,20 @@ impl Pipeline {
     }
 
     fn schedule_retry(&mut self, src: usize, seq: u64, delay: Duration) {
-        self.retry.push((src, seq));
         let at = Instant::now() + delay;
+        self.retry.push((at, src, seq));
         self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
     }
 
     fn resend_due(&mut self) {
-        self.retry_at = None;
-        let mut due = std::mem::take(&mut self.retry);
+        let now = Instant::now();
+        let (mut due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.retry = later;
+        self.retry_at = self.retry.iter().map(|(at, _, _)| *at).min();
         // Re-send in read order, each entry once.
+        let mut due: Vec<(usize, u64)> = due.drain(..).map(|(_, src, seq)| (src, seq)).collect();
         due.sort_unstable();
         due.dedup();
         for (src, seq) in due {

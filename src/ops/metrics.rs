@@ -156,6 +156,24 @@ pub struct Stats {
     pub progress_at_ms: AtomicU64,
     /// Entries read and not yet acknowledged, all sources.
     pub unacked: AtomicU64,
+    /// Topics entries wait for (unknown to the broker, not authorized, beyond max_topics),
+    /// the longest waiting first; published by the pipeline every second.
+    pub topic_waits: Mutex<Vec<TopicWait>>,
+    /// Distinct Kafka topics in use (what `max_topics` bounds).
+    pub topics_in_use: AtomicU64,
+}
+
+/// Entries waiting for one topic that cannot take them yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicWait {
+    /// The topic.
+    pub topic: String,
+    /// When the first of them started waiting (ms since the epoch).
+    pub since_ms: u64,
+    /// How many wait.
+    pub entries: u64,
+    /// Why the topic refused them, as last reported.
+    pub reason: String,
 }
 
 /// What `/health` answers.
@@ -243,6 +261,9 @@ impl Stats {
         }
         let unacked = self.unacked.load(Ordering::Relaxed);
         let stalled = now_ms.saturating_sub(self.progress_at_ms.load(Ordering::Relaxed));
+        if let Some(h) = self.topic_health(now_ms, limit, unacked > 0 && stalled > limit) {
+            return h;
+        }
         if unacked > 0 && stalled > limit {
             let last = self
                 .sink_last_error
@@ -269,6 +290,33 @@ impl Stats {
             ok: true,
             reason: format!("ok: read {read}, acknowledged {acked}, {unacked} waiting"),
         }
+    }
+
+    /// Unhealthy once entries have waited for a topic for longer than `limit` ms (other
+    /// topics may flow, so the sink looks alive, but these entries go nowhere), or when the
+    /// sink is `stalled` while entries wait for a topic (the topic is the likelier cause).
+    fn topic_health(&self, now_ms: u64, limit: u64, stalled: bool) -> Option<Health> {
+        let waits = self.topic_waits.lock().ok()?;
+        let oldest = waits.first()?;
+        let waited = now_ms.saturating_sub(oldest.since_ms);
+        if waited <= limit && !stalled {
+            return None;
+        }
+        let more = match waits.len() - 1 {
+            0 => String::new(),
+            n => format!(" ({n} more topics wait too: see the logs)"),
+        };
+        Some(Health {
+            ok: false,
+            reason: format!(
+                "{} entries have waited {:.1}s for Kafka topic {:?}: {}; create the topic, or set \
+                 [sink] topic_fallback to send such entries elsewhere{more}",
+                oldest.entries,
+                waited as f64 / 1000.0,
+                oldest.topic,
+                oldest.reason
+            ),
+        })
     }
 
     /// The Prometheus text exposition of every counter, plus the process' own.
@@ -373,6 +421,29 @@ impl Stats {
                     "perapera_sink_retries_total{{sink=\"{sink}\",reason=\"{reason}\"}} {n}"
                 );
             }
+        }
+        let (topics, waiting) = self.topic_waits.lock().map_or((0, 0), |w| {
+            (w.len(), w.iter().map(|t| t.entries).sum::<u64>())
+        });
+        for (name, help, value) in [
+            (
+                "perapera_kafka_topics",
+                "Distinct Kafka topics produced to recently (bounded by [sink] max_topics).",
+                load(&self.topics_in_use),
+            ),
+            (
+                "perapera_topics_waited_for",
+                "Kafka topics that entries wait for (unknown to the broker, not authorized, or beyond max_topics).",
+                topics.to_string(),
+            ),
+            (
+                "perapera_topic_waiting_entries",
+                "Entries waiting for such a topic.",
+                waiting.to_string(),
+            ),
+        ] {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
         }
         header(
             &mut out,

@@ -16,18 +16,19 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::bindings as rd;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafka;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
 use super::{Ack, DeliveryError, Outgoing, SendError};
-use crate::config::{KafkaConfig, KafkaHeader};
+use crate::config::{KafkaConfig, KafkaHeader, TOPIC_IDLE};
 use crate::ops::ratelimit::RateLimit;
 use crate::record::sanitize_topic;
 
@@ -92,18 +93,28 @@ impl ProducerContext for Context {
         let id = delivery.id;
         let result = match result {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(classify(e)),
+            Err((e, message)) => Err(classify(e, message.topic())),
         };
         // The pipeline owns the receiver for the producer's whole life.
         let _ = self.acks.send(Ack { id, result });
     }
 }
 
-/// Maps a librdkafka error to what the pipeline should do about it.
-pub fn classify(e: &KafkaError) -> DeliveryError {
+/// Maps a librdkafka error for a message to `topic` to what the pipeline should do about it.
+pub fn classify(e: &KafkaError, topic: &str) -> DeliveryError {
     use RDKafkaErrorCode as C;
     let text = e.to_string();
     match e.rdkafka_error_code() {
+        Some(
+            C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::TopicAuthorizationFailed
+            | C::InvalidTopic,
+        ) => DeliveryError::Topic {
+            topic: topic.to_string(),
+            reason: text,
+            bound: false,
+        },
         Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
             DeliveryError::TooLarge(text)
         }
@@ -148,10 +159,11 @@ impl KafkaSink {
     /// Creates the producer (no network round trip: librdkafka connects in the background).
     pub fn new(config: KafkaConfig, acks: mpsc::UnboundedSender<Ack>) -> Result<KafkaSink, String> {
         let producer = create(&config, &acks)?;
+        let max = config.max_topics;
         Ok(KafkaSink {
             config,
             acks,
-            topics: Topics::default(),
+            topics: Topics::new(max),
             producer,
             topic: String::new(),
             position: String::new(),
@@ -177,7 +189,7 @@ impl KafkaSink {
                 self.config.message_max_bytes
             ))));
         }
-        match out.dead_letter {
+        match out.topic {
             Some(t) => {
                 self.topic.clear();
                 self.topic.push_str(t);
@@ -205,12 +217,27 @@ impl KafkaSink {
             None => None,
         };
         let rk = self.producer.client().native_ptr();
-        let topic = self.topics.get(rk, &self.topic).map_err(|e| {
-            SendError::Failed(DeliveryError::Retriable(format!(
-                "cannot create topic handle {:?}: {e}",
-                self.topic
-            )))
-        })?;
+        // The dead-letter and fallback topics are the operator's: they come on top of the bound.
+        let topic = match self.topics.get(rk, &self.topic, out.topic.is_none()) {
+            Ok(t) => t,
+            Err(Refused::Bound(n)) => {
+                return Err(SendError::Failed(DeliveryError::Topic {
+                    topic: self.topic.clone(),
+                    reason: format!(
+                        "beyond [sink] max_topics: {n} other topics are in use (a topic unused \
+                         for {} minutes frees its place)",
+                        TOPIC_IDLE.as_secs() / 60
+                    ),
+                    bound: true,
+                }))
+            }
+            Err(Refused::Handle(e)) => {
+                return Err(SendError::Failed(DeliveryError::Retriable(format!(
+                    "cannot create topic handle {:?}: {e}",
+                    self.topic
+                ))))
+            }
+        };
         let message = Message {
             topic,
             payload: out.record.msgpack_shared(),
@@ -220,14 +247,22 @@ impl KafkaSink {
             headers: &self.config.headers,
             source: out.source,
             position: &self.position,
+            meant_for: out.meant_for,
         };
         match produce(rk, message) {
             Ok(()) => Ok(()),
             Err(RDKafkaErrorCode::QueueFull) => Err(SendError::Full),
-            Err(code) => Err(SendError::Failed(classify(&KafkaError::MessageProduction(
-                code,
-            )))),
+            Err(code) => Err(SendError::Failed(classify(
+                &KafkaError::MessageProduction(code),
+                &self.topic,
+            ))),
         }
+    }
+
+    /// Distinct topics produced to recently (the ones `max_topics` counts, plus the
+    /// operator's fallback and dead-letter topics once used).
+    pub fn topics_in_use(&self) -> usize {
+        self.topics.handles.len()
     }
 
     /// Replaces the producer after a fatal error. The old one is dropped, which purges what it
@@ -254,18 +289,35 @@ impl KafkaSink {
     }
 }
 
-/// At most this many cached topic handles.
-const MAX_TOPIC_HANDLES: usize = 4096;
+/// Why [`Topics::get`] gave no handle.
+enum Refused {
+    /// `max_topics` topics are in use and none has been idle for [`TOPIC_IDLE`].
+    Bound(usize),
+    /// librdkafka refused to make one.
+    Handle(String),
+}
 
 /// Topic handles by name, made once per topic instead of once per message (`rd_kafka_producev`
 /// with a topic name allocates a C string and looks the topic up under a lock every time).
-/// Templated topics (`logs.{_SYSTEMD_UNIT}`) make one handle per distinct name.
-#[derive(Default)]
+/// Templated topics (`logs.{_SYSTEMD_UNIT}`) make one handle per distinct name, and at most
+/// `max` of them exist: every topic librdkafka knows costs memory and a place in each
+/// metadata request, so a template over untrusted fields must not make endless ones.
 struct Topics {
-    handles: HashMap<String, NonNull<rd::rd_kafka_topic_t>>,
+    handles: HashMap<String, Handle>,
     /// The last topic used and its handle: most messages go where the one before went, and
-    /// comparing the name is cheaper than hashing it.
+    /// comparing the name is cheaper than hashing it (its `used` is refreshed when another
+    /// topic is used).
     last: Option<(String, NonNull<rd::rd_kafka_topic_t>)>,
+    /// Handles that count towards `max`.
+    counted: usize,
+    max: usize,
+}
+
+struct Handle {
+    topic: NonNull<rd::rd_kafka_topic_t>,
+    used: Instant,
+    /// Made for a topic rendered from the template (not the fallback or dead-letter topic).
+    counted: bool,
 }
 
 // SAFETY: librdkafka topic handles are reference-counted and thread-safe; this map is only
@@ -273,34 +325,87 @@ struct Topics {
 unsafe impl Send for Topics {}
 
 impl Topics {
-    /// The handle for `name` on producer `rk`, made on first use.
-    fn get(&mut self, rk: *mut RDKafka, name: &str) -> Result<*mut rd::rd_kafka_topic_t, String> {
+    fn new(max: usize) -> Topics {
+        Topics {
+            handles: HashMap::new(),
+            last: None,
+            counted: 0,
+            max: max.max(1),
+        }
+    }
+
+    /// The handle for `name` on producer `rk`, made on first use; a `counted` one only while
+    /// fewer than `max` counted ones exist.
+    fn get(
+        &mut self,
+        rk: *mut RDKafka,
+        name: &str,
+        counted: bool,
+    ) -> Result<*mut rd::rd_kafka_topic_t, Refused> {
         if let Some((last, t)) = &self.last {
             if last == name {
                 return Ok(t.as_ptr());
             }
         }
-        if let Some(t) = self.handles.get(name) {
-            let t = *t;
+        let now = Instant::now();
+        if let Some((last, _)) = &self.last {
+            if let Some(h) = self.handles.get_mut(last.as_str()) {
+                h.used = now;
+            }
+        }
+        if let Some(h) = self.handles.get_mut(name) {
+            h.used = now;
+            let t = h.topic;
             self.remember(name, t);
             return Ok(t.as_ptr());
         }
-        if self.handles.len() >= MAX_TOPIC_HANDLES {
-            // A template that makes endless names: start over (messages in flight hold their
-            // own references, so releasing ours is safe).
-            self.clear();
+        if counted && self.counted >= self.max && !self.evict_idle(now) {
+            return Err(Refused::Bound(self.counted));
         }
-        let cname = CString::new(name).map_err(|e| e.to_string())?;
+        let cname = CString::new(name).map_err(|e| Refused::Handle(e.to_string()))?;
         // SAFETY: rk is a live producer handle; a NULL topic configuration means the default.
         let handle = unsafe { rd::rd_kafka_topic_new(rk, cname.as_ptr(), std::ptr::null_mut()) };
         let handle = NonNull::new(handle).ok_or_else(|| {
             // SAFETY: reads librdkafka's thread-local last error.
             let code = unsafe { rd::rd_kafka_last_error() };
-            RDKafkaErrorCode::from(code).to_string()
+            Refused::Handle(RDKafkaErrorCode::from(code).to_string())
         })?;
-        self.handles.insert(name.to_string(), handle);
+        self.handles.insert(
+            name.to_string(),
+            Handle {
+                topic: handle,
+                used: now,
+                counted,
+            },
+        );
+        self.counted += usize::from(counted);
         self.remember(name, handle);
         Ok(handle.as_ptr())
+    }
+
+    /// Releases the least recently used counted handle if it has been idle for
+    /// [`TOPIC_IDLE`] (messages in flight hold their own references, so releasing ours is
+    /// safe).
+    fn evict_idle(&mut self, now: Instant) -> bool {
+        let oldest = self
+            .handles
+            .iter()
+            .filter(|(_, h)| h.counted)
+            .min_by_key(|(_, h)| h.used)
+            .filter(|(_, h)| now.duration_since(h.used) >= TOPIC_IDLE)
+            .map(|(name, _)| name.clone());
+        let Some(name) = oldest else {
+            return false;
+        };
+        if let Some(h) = self.handles.remove(&name) {
+            if self.last.as_ref().is_some_and(|(l, _)| *l == name) {
+                self.last = None;
+            }
+            self.counted -= usize::from(h.counted);
+            // SAFETY: made by rd_kafka_topic_new, released once (it left the map).
+            unsafe { rd::rd_kafka_topic_destroy(h.topic.as_ptr()) };
+        }
+        true
     }
 
     fn remember(&mut self, name: &str, handle: NonNull<rd::rd_kafka_topic_t>) {
@@ -317,9 +422,10 @@ impl Topics {
     /// Releases every handle (before their producer is destroyed).
     fn clear(&mut self) {
         self.last = None;
-        for (_, t) in self.handles.drain() {
+        self.counted = 0;
+        for (_, h) in self.handles.drain() {
             // SAFETY: each handle was made by rd_kafka_topic_new and is released once.
-            unsafe { rd::rd_kafka_topic_destroy(t.as_ptr()) };
+            unsafe { rd::rd_kafka_topic_destroy(h.topic.as_ptr()) };
         }
     }
 }
@@ -341,6 +447,8 @@ struct Message<'a> {
     headers: &'a [KafkaHeader],
     source: &'a str,
     position: &'a str,
+    /// `perapera-topic`: the topic a rerouted entry was meant for.
+    meant_for: Option<&'a str>,
 }
 
 /// Enqueues a message with `rd_kafka_produceva`. Key and headers are copied by librdkafka;
@@ -357,12 +465,7 @@ fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), RDKafkaErrorCode> {
         ptr: b.as_ptr() as *mut c_void,
         size: b.len(),
     };
-    let header = |h: &KafkaHeader| {
-        let (name, value): (&CStr, &[u8]) = match h {
-            KafkaHeader::Source => (c"perapera-source", m.source.as_bytes()),
-            KafkaHeader::Position => (c"perapera-position", m.position.as_bytes()),
-            KafkaHeader::ContentType => (c"content-type", b"application/msgpack"),
-        };
+    let header = |name: &CStr, value: &[u8]| {
         vu(
             T::RD_KAFKA_VTYPE_HEADER,
             U {
@@ -402,11 +505,21 @@ fn produce(rk: *mut RDKafka, m: Message<'_>) -> Result<(), RDKafkaErrorCode> {
         end,
         end,
         end,
+        end,
     ];
-    // The five above, then up to three headers and a key.
+    // The five above, then up to three headers, perapera-topic and a key.
     let mut n = 5;
     for h in m.headers.iter().take(3) {
-        vus[n] = header(h);
+        let (name, value): (&CStr, &[u8]) = match h {
+            KafkaHeader::Source => (c"perapera-source", m.source.as_bytes()),
+            KafkaHeader::Position => (c"perapera-position", m.position.as_bytes()),
+            KafkaHeader::ContentType => (c"content-type", b"application/msgpack"),
+        };
+        vus[n] = header(name, value);
+        n += 1;
+    }
+    if let Some(meant) = m.meant_for {
+        vus[n] = header(c"perapera-topic", meant.as_bytes());
         n += 1;
     }
     if let Some(key) = m.key {

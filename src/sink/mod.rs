@@ -29,8 +29,18 @@ pub struct Ack {
 /// Why an entry was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryError {
-    /// Transient (broker down, timeout, leader change, unknown topic): send it again.
+    /// Transient (broker down, timeout, leader change): send it again.
     Retriable(String),
+    /// The entry's topic cannot take it: unknown to the broker, not authorized, or beyond
+    /// `max_topics`. It waits for the topic, or goes to the fallback topic.
+    Topic {
+        /// The topic it was sent to.
+        topic: String,
+        /// Why that topic refused it.
+        reason: String,
+        /// Refused here because `max_topics` topics are in use (else by the broker).
+        bound: bool,
+    },
     /// Larger than the sink accepts: never deliverable as is.
     TooLarge(String),
     /// Rejected as invalid (possibly because of another entry in the same batch).
@@ -62,8 +72,11 @@ pub struct Outgoing<'a> {
     pub position: &'a Position,
     /// The entry.
     pub record: &'a Record,
-    /// Send to the dead-letter topic instead of the topic template.
-    pub dead_letter: Option<&'a str>,
+    /// Send to this topic (dead-letter, fallback) instead of the topic template.
+    pub topic: Option<&'a str>,
+    /// The topic it was meant for, when it goes to the fallback topic instead (Kafka header
+    /// `perapera-topic`).
+    pub meant_for: Option<&'a str>,
     /// Use the current time as the Kafka timestamp (the broker rejected the entry's).
     pub timestamp_now: bool,
 }
@@ -105,6 +118,14 @@ impl Sink {
             Sink::Stdout(s) => s.flush_burst(),
             Sink::Forward(s) => s.flush_burst(),
             Sink::Kafka(_) => {}
+        }
+    }
+
+    /// Distinct topics in use (Kafka; what `max_topics` bounds).
+    pub fn topics_in_use(&self) -> usize {
+        match self {
+            Sink::Kafka(s) => s.topics_in_use(),
+            Sink::Stdout(_) | Sink::Forward(_) => 0,
         }
     }
 

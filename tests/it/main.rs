@@ -15,3 +15,4 @@ mod limits;
 mod ops;
 mod packaging;
 mod support;
+mod topics;

@@ -165,6 +165,9 @@ async fn serve(
     let config = &shared.reader.config;
     let limit = config.max_request_bytes;
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Dropped when perapera stops: the acks still owed come through the senders their
+    // requests hold, and once the pipeline is gone (it drops them) `ack_rx` ends.
+    let mut ack_tx = Some(ack_tx);
     let mut framer = Framer::default();
     let mut charge = shared.budget.charge();
     // What the connection table says this connection holds (updated when it changes).
@@ -176,8 +179,11 @@ async fn serve(
     let mut since = Instant::now();
     let peer_text = peer.to_string();
     loop {
-        // Every complete request in the buffer.
-        loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            ack_tx = None;
+        }
+        // Every complete request in the buffer (none once stopping).
+        while let Some(ack_tx) = &ack_tx {
             let n = match framer.next(&buf, limit) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -190,7 +196,7 @@ async fn serve(
                 awaiting += 1;
                 shared.update(id, |c| c.awaiting = awaiting);
             };
-            if let Err(close) = request(shared, &buf[..n], json, &peer_text, &ack_tx, owe_ack).await
+            if let Err(close) = request(shared, &buf[..n], json, &peer_text, ack_tx, owe_ack).await
             {
                 return close;
             }
