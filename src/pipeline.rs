@@ -774,6 +774,10 @@ impl Pipeline {
                 tracing::warn!(source = %source.name, topic, fallback, %reason, suppressed,
                     "Kafka topic cannot take entries; sending them to [sink] topic_fallback with a perapera-topic header");
             }
+            if !bound {
+                // Refused by the broker: the topic's place in max_topics is free for another.
+                self.sink.forget_topic(topic);
+            }
             self.schedule_retry(src, seq, Duration::ZERO);
             return;
         }

@@ -259,6 +259,12 @@ impl KafkaSink {
         }
     }
 
+    /// Gives up the place of a topic the broker does not have (its entries went elsewhere), so
+    /// that topics named by junk cannot crowd real ones out of `max_topics`.
+    pub fn forget_topic(&mut self, name: &str) {
+        self.topics.forget(name);
+    }
+
     /// Distinct topics produced to recently (the ones `max_topics` counts, plus the
     /// operator's fallback and dead-letter topics once used).
     pub fn topics_in_use(&self) -> usize {
@@ -383,6 +389,13 @@ impl Topics {
         Ok(handle.as_ptr())
     }
 
+    /// Releases the handle of `name`, if it has one that counts towards `max`.
+    fn forget(&mut self, name: &str) {
+        if self.handles.get(name).is_some_and(|h| h.counted) {
+            self.release(name);
+        }
+    }
+
     /// Releases the least recently used counted handle if it has been idle for
     /// [`TOPIC_IDLE`] (messages in flight hold their own references, so releasing ours is
     /// safe).
@@ -397,15 +410,19 @@ impl Topics {
         let Some(name) = oldest else {
             return false;
         };
-        if let Some(h) = self.handles.remove(&name) {
-            if self.last.as_ref().is_some_and(|(l, _)| *l == name) {
+        self.release(&name);
+        true
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(h) = self.handles.remove(name) {
+            if self.last.as_ref().is_some_and(|(l, _)| l == name) {
                 self.last = None;
             }
             self.counted -= usize::from(h.counted);
             // SAFETY: made by rd_kafka_topic_new, released once (it left the map).
             unsafe { rd::rd_kafka_topic_destroy(h.topic.as_ptr()) };
         }
-        true
     }
 
     fn remember(&mut self, name: &str, handle: NonNull<rd::rd_kafka_topic_t>) {

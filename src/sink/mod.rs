@@ -121,6 +121,13 @@ impl Sink {
         }
     }
 
+    /// Gives up a topic the broker does not have (Kafka).
+    pub fn forget_topic(&mut self, name: &str) {
+        if let Sink::Kafka(s) = self {
+            s.forget_topic(name);
+        }
+    }
+
     /// Distinct topics in use (Kafka; what `max_topics` bounds).
     pub fn topics_in_use(&self) -> usize {
         match self {

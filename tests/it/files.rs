@@ -210,6 +210,10 @@ fn rotation_copytruncate_and_recreate_under_load_lose_nothing() {
                                 .unwrap()
                                 .set_len(0)
                                 .unwrap();
+                            // Copytruncate twice before perapera read what came between loses
+                            // that generation (README, Rotation): rotations come at most once a
+                            // second, as fast as logrotate's `hourly` is not.
+                            std::thread::sleep(Duration::from_secs(1));
                         }
                         _ => {
                             // delete and recreate.

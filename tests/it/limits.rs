@@ -181,19 +181,46 @@ fn symlink_loops_under_double_star_end_and_shutdown_is_prompt() {
     assert!(rss < 64 * 1024, "RSS {rss} KiB");
 }
 
-#[test]
-fn forward_connections_cannot_take_the_files_sources_descriptors() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
+/// A files source over `logs/*.log` (holding two lines) and a forward source, to stdout, with
+/// the metrics endpoint: the logs directory, the forward and metrics ports, the config.
+fn files_and_forward(dir: &Path) -> (PathBuf, u16, u16, PathBuf) {
+    let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("app.log"), "before 0\nbefore 1\n").unwrap();
     let (port, metrics) = (free_port(), free_port());
     let config = stdout_config(
-        dir.path(),
+        dir,
         &format!("{}/*.log", logs.display()),
         &format!("[[source]]\ntype = \"forward\"\nname = \"fwd\"\nlisten = \"127.0.0.1:{port}\"\n"),
         &format!("[metrics]\naddress = \"127.0.0.1:{metrics}\"\n"),
     );
+    (logs, port, metrics, config)
+}
+
+/// Appends two lines to `logs/app.log` and collects until they shipped.
+fn lines_written_during_a_flood_ship(
+    agent: &Agent,
+    logs: &Path,
+    counts: &mut HashMap<String, usize>,
+) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(logs.join("app.log"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"during 0\nduring 1\n"))
+        .unwrap();
+    collect(
+        agent,
+        counts,
+        4,
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+    );
+}
+
+#[test]
+fn forward_connections_cannot_take_the_files_sources_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, port, metrics, config) = files_and_forward(dir.path());
     let agent = Agent::start_with(&["prlimit", "--nofile=1024:1024", "--"], &config);
     wait_port(port, Duration::from_secs(20), "forward source");
     let mut counts = HashMap::new();
@@ -213,18 +240,7 @@ fn forward_connections_cannot_take_the_files_sources_descriptors() {
             Err(e) => panic!("connect: {e}"),
         }
     }
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(logs.join("app.log"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"during 0\nduring 1\n"))
-        .unwrap();
-    collect(
-        &agent,
-        &mut counts,
-        4,
-        Duration::from_secs(20),
-        Duration::from_secs(1),
-    );
+    lines_written_during_a_flood_ship(&agent, &logs, &mut counts);
     assert_eq!(
         http_get(metrics, "/health").map(|(s, _)| s),
         Some(200),
@@ -240,4 +256,74 @@ fn forward_connections_cannot_take_the_files_sources_descriptors() {
     assert_once(&counts, 4, "files beside a forward flood");
     assert!(fds <= 1024, "{fds}");
     assert!(!log.contains("Too many open files"), "{log}");
+}
+
+/// The issue's "task limit of 200" (systemd's `TasksMax`, a container's pids limit): perapera
+/// runs as `nobody` under `RLIMIT_NPROC` 200 while 505 idle connections sit on `/metrics` and
+/// 505 on the forward source. No thread is made per connection, so `/health` and `/metrics`
+/// answer, lines ship, and the thread count stays small. Before: the metrics server's
+/// thread-spawn panicked, and `/health` was dead until a restart.
+#[test]
+fn a_task_limit_of_200_leaves_health_metrics_and_shipping_alive() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (logs, port, metrics, config) = files_and_forward(dir.path());
+    // RLIMIT_NPROC does not bind root: run as nobody.
+    let agent = Agent::start_with(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "prlimit",
+            "--nproc=200:200",
+            "--",
+        ],
+        &config,
+    );
+    wait_port(port, Duration::from_secs(20), "forward source");
+    wait_port(metrics, Duration::from_secs(20), "metrics endpoint");
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", agent.child.id())).unwrap_or_default();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max processes") && l.contains(" 200 ")),
+        "the limit applies: {limits}"
+    );
+    let mut counts = HashMap::new();
+    collect(
+        &agent,
+        &mut counts,
+        2,
+        Duration::from_secs(20),
+        Duration::from_millis(300),
+    );
+    let idle: Vec<TcpStream> = (0..505)
+        .flat_map(|_| [metrics, port])
+        .filter_map(|p| TcpStream::connect(("127.0.0.1", p)).ok())
+        .collect();
+    assert_eq!(idle.len(), 1010);
+    lines_written_during_a_flood_ship(&agent, &logs, &mut counts);
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(metrics, "/health").map(|(s, _)| s),
+            Some(200),
+            "/health"
+        );
+        assert!(
+            http_get(metrics, "/metrics")
+                .is_some_and(|(s, b)| s == 200 && b.contains("perapera_build_info")),
+            "/metrics"
+        );
+    }
+    let threads: u64 = proc_status(agent.child.id(), "Threads:")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    drop(idle);
+    let log = agent.stop();
+    assert_once(&counts, 4, "files under a task limit");
+    assert!(threads < 64, "{threads} threads for 1 010 connections");
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -141,9 +141,9 @@ fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
         "an existing topic must flow while another is missing\n{}",
         agent.stderr()
     );
-    // 3 000 more for the missing topic: more than the whole window. The forward source stops
+    // 9 600 more for the missing topic: more than the whole window. The forward source stops
     // at its share; the files source keeps shipping.
-    let (mut more, more_id) = send(port, "bad", 400, 3000);
+    let (mut more, more_id) = send(port, "bad", 400, 9600);
     write_lines(dir.path(), 2000);
     let mut files = Reader::new(&tansu.bootstrap, "logs.files");
     assert_eq!(
@@ -190,13 +190,13 @@ fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
         );
     }
     let mut reader = Reader::new(&tansu.bootstrap, "logs.bad");
-    reader.read_n(3400, Duration::from_secs(60));
+    reader.read_n(10_000, Duration::from_secs(60));
     reader.drain(Duration::from_secs(1));
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for m in &reader.messages {
         *seen.entry(m.fields()["n"].as_u64().unwrap()).or_default() += 1;
     }
-    assert_eq!(seen.len(), 3400, "every waiting entry delivered");
+    assert_eq!(seen.len(), 10_000, "every waiting entry delivered");
     let end = Instant::now() + Duration::from_secs(10);
     while http_get(metrics, "/health").map(|(c, _)| c) != Some(200) {
         assert!(
@@ -216,15 +216,18 @@ fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
 fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_for() {
     const TAGS: u64 = 40;
     const PER_TAG: u64 = 250;
-    let tansu = Tansu::start();
-    for t in [
+    // The topics that exist (besides logs.files): those the consumer reads.
+    const READ: [&str; 7] = [
         "logs.unrouted",
-        "logs.files",
         "logs.e0",
         "logs.e1",
         "logs.e2",
         "logs.e3",
-    ] {
+        "logs.e5",
+        "logs.e6",
+    ];
+    let tansu = Tansu::start();
+    for t in READ.iter().chain(&["logs.files"]) {
         tansu.create_topic(t, 1);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -240,13 +243,13 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
     wait_port(port, Duration::from_secs(20), "forward source");
     write_lines(dir.path(), 1000);
     // logs.files takes a place first; tags e0..e3 name topics that exist and take four more;
-    // m4 names a topic that does not exist (the broker says so) and takes the last of the six
-    // places; m5..m39 are beyond max_topics.
+    // m4 names a topic that does not exist: the broker says so, and its place is given up, so
+    // e5 gets the sixth; e6 (which exists) and m7..m39 are beyond max_topics.
     let mut files = Reader::new(&tansu.bootstrap, "logs.files");
     assert_eq!(files.read_n(1000, Duration::from_secs(60)), 1000);
     let tags: Vec<String> = (0..TAGS)
         .map(|i| {
-            if i < 4 {
+            if i < 4 || i == 5 || i == 6 {
                 format!("e{i}")
             } else {
                 format!("m{i}")
@@ -261,10 +264,7 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
             agent.stderr()
         );
     }
-    let mut reader = Reader::topics(
-        &tansu.bootstrap,
-        &["logs.unrouted", "logs.e0", "logs.e1", "logs.e2", "logs.e3"],
-    );
+    let mut reader = Reader::topics(&tansu.bootstrap, &READ);
     reader.read_n((TAGS * PER_TAG) as usize, Duration::from_secs(60));
     reader.drain(Duration::from_secs(1));
     let mut seen: HashMap<(String, u64), usize> = HashMap::new();
@@ -288,7 +288,7 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
     }
     assert_eq!(seen.len() as u64, TAGS * PER_TAG, "every entry delivered");
     assert!(seen.values().all(|&c| c == 1), "no duplicates");
-    assert_eq!(rerouted, (TAGS - 4) * PER_TAG);
+    assert_eq!(rerouted, (TAGS - 5) * PER_TAG);
     let unknown = metric(
         metrics,
         "perapera_entries_failed_total",
@@ -306,8 +306,8 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
     );
     assert_eq!(
         bound,
-        Some(((TAGS - 5) * PER_TAG) as f64),
-        "m5..: beyond max_topics"
+        Some(((TAGS - 6) * PER_TAG) as f64),
+        "e6, m7..: beyond max_topics"
     );
     let in_use = metric(metrics, "perapera_kafka_topics", "").unwrap();
     assert_eq!(in_use, 7.0, "max_topics = 6 plus the fallback");
@@ -315,14 +315,16 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
     agent.stop();
 }
 
-/// Thousands of distinct tags on a broker that creates every topic asked for (librdkafka's
-/// mock cluster): the producer never tracks more than `max_topics`, memory stays bounded and
-/// SIGTERM is honoured within `shutdown_timeout` while entries wait.
+/// Distinct tags by the ten thousand on a broker that creates every topic asked for
+/// (librdkafka's mock cluster): the producer never tracks more than `max_topics`, memory stays
+/// bounded and SIGTERM is honoured within `shutdown_timeout` while entries wait. With a
+/// fallback, 50 000 tags from 16 senders, each on one connection; without, 4 000 requests on
+/// new connections whose acks cannot come.
 #[test]
 fn thousands_of_distinct_tags_stay_within_max_topics_and_shutdown_timeout() {
     const SENDERS: u64 = 16;
-    const PER_SENDER: u64 = 250;
     for fallback in [true, false] {
+        let per_sender: u64 = if fallback { 3125 } else { 250 };
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics) = (free_port(), free_port());
         let extra = format!(
@@ -340,11 +342,20 @@ fn thousands_of_distinct_tags_stay_within_max_topics_and_shutdown_timeout() {
             .map(|s| {
                 std::thread::spawn(move || {
                     let mut acked = 0;
-                    for i in 0..PER_SENDER {
-                        let (mut c, id) = send(port, &format!("t{s}.{i}"), 0, 2);
-                        let wait = if fallback { 30 } else { 0 };
-                        if ack(&mut c, &id, Duration::from_millis(wait * 1000 + 50)) {
-                            acked += 1;
+                    let mut conn: Option<TcpStream> = None;
+                    for i in 0..per_sender {
+                        let tag = format!("t{s}.{i}");
+                        if fallback {
+                            // One connection, one request at a time.
+                            let (bytes, id) = request(&tag, 0, 2);
+                            let c = conn.get_or_insert_with(|| {
+                                TcpStream::connect(("127.0.0.1", port)).unwrap()
+                            });
+                            c.write_all(&bytes).unwrap();
+                            acked += u64::from(ack(c, &id, Duration::from_secs(30)));
+                        } else {
+                            let (mut c, id) = send(port, &tag, 0, 2);
+                            acked += u64::from(ack(&mut c, &id, Duration::from_millis(50)));
                         }
                     }
                     acked
@@ -359,12 +370,12 @@ fn thousands_of_distinct_tags_stay_within_max_topics_and_shutdown_timeout() {
         assert!(
             rss_after < rss_before + 48 * 1024,
             "RSS {rss_before} → {rss_after} KiB for {} distinct tags",
-            SENDERS * PER_SENDER
+            SENDERS * per_sender
         );
         if fallback {
             assert_eq!(
                 acked,
-                SENDERS * PER_SENDER,
+                SENDERS * per_sender,
                 "every request acknowledged\n{}",
                 agent.stderr()
             );
