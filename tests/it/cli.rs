@@ -188,6 +188,10 @@ fn check_describes_the_pipeline() {
     assert!(text.contains("logs.{_SYSTEMD_UNIT:-unknown}"), "{text}");
     assert!(text.contains("compression.type = lz4"), "{text}");
     assert!(text.contains("enable.idempotence = true"), "{text}");
+    assert!(
+        text.contains("at most 1000 distinct topics") && text.contains("wait in the window"),
+        "{text}"
+    );
     let out = perapera(&["--version"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("perapera "));
 }
