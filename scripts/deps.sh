@@ -2,7 +2,8 @@
 # Installs what building perapera needs on Debian 12, only when it is missing; with
 # --package also what building and checking its .deb/.rpm needs, with --test everything the
 # test suite needs (which includes packaging), with --bench what `make bench` needs (the
-# journal writer, tansu, a Kafka client). Used by ./run.sh, ./test.sh and the Makefile.
+# journal writer, Apache Kafka, tansu, a Kafka client). Used by ./run.sh, ./test.sh and the
+# Makefile.
 set -euo pipefail
 
 want_test=0
@@ -24,6 +25,11 @@ packages=(build-essential pkg-config libsystemd-dev zlib1g-dev libssl-dev python
 # rpm inspects the .rpm; promtool (package prometheus) checks and unit-tests the alert rules.
 [ $want_package -eq 1 ] && packages+=(rpm)
 [ $want_test -eq 1 ] && packages+=(prometheus)
+# A JDK and Maven for Apache Kafka (the jars come from Maven Central, below).
+if [ $want_test -eq 1 ] || [ $want_bench -eq 1 ]; then
+    command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
+    command -v mvn >/dev/null 2>&1 || packages+=(maven)
+fi
 # Node and npm: Debian's packages unless a node is already installed some other way (e.g.
 # NodeSource's nodejs, which ships its own npm and conflicts with Debian's npm package).
 if [ $want_test -eq 1 ]; then
@@ -67,6 +73,19 @@ if [ $want_test -eq 1 ] || [ $want_bench -eq 1 ]; then
     if ! "$tansu" --version 2>/dev/null | grep -q "0.6.0"; then
         echo "deps: installing tansu 0.6.0 (about 10 minutes on 2 cores, once)" >&2
         cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
+    fi
+    # Apache Kafka (broker and tools, KRaft) for the end-to-end tests: the jars of the
+    # version pinned in tests/kafka/pom.xml and their runtime dependencies, once (a copy of
+    # the pom marks a complete collection; another pom collects again).
+    libs=target/kafka/libs
+    if ! cmp -s tests/kafka/pom.xml "$libs/.complete" 2>/dev/null; then
+        echo "deps: collecting Apache Kafka's jars with Maven into $libs (about 20 s, once)" >&2
+        rm -rf "$libs"
+        mkdir -p "$libs"
+        mvn -B -q -f tests/kafka/pom.xml \
+            org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+            -DincludeScope=runtime -DoutputDirectory="$PWD/$libs"
+        cp tests/kafka/pom.xml "$libs/.complete"
     fi
     # An independent Kafka client for the end-to-end tests and the benchmark's count.
     if ! python3 -c "import confluent_kafka, msgpack" 2>/dev/null; then

@@ -1,6 +1,6 @@
 //! The files source end to end: lines written while perapera runs, rotation under load,
 //! SIGKILL restarts, a broker outage, container formats and bad input. Kafka is librdkafka's
-//! mock cluster in the test process (it survives perapera's SIGKILL) or a tansu broker.
+//! mock cluster in the test process (it survives perapera's SIGKILL) or Apache Kafka.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -106,10 +106,10 @@ fn write_lines(dir: &Path, files: usize, per_file: usize, pause_every: usize) {
 }
 
 #[test]
-fn hundred_thousand_lines_from_fifty_files_reach_tansu() {
-    let tansu = Tansu::start();
-    tansu.create_topic("files", 3);
-    let (_dir, logs, path) = logs_setup(&tansu.bootstrap, "");
+fn hundred_thousand_lines_from_fifty_files_reach_apache_kafka() {
+    let kafka = Kafka::single();
+    kafka.create_topic("files", 3);
+    let (_dir, logs, path) = logs_setup(&kafka.bootstrap, "");
     let agent = Agent::start(&path);
     assert!(
         agent.wait_log("perapera is running", Duration::from_secs(10)),
@@ -123,7 +123,7 @@ fn hundred_thousand_lines_from_fifty_files_reach_tansu() {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/py/consume_files.py"
         ))
-        .args([&tansu.bootstrap, "100000", "files"])
+        .args([&kafka.bootstrap, "100000", "files"])
         .output()
         .unwrap();
     assert!(

@@ -1,6 +1,6 @@
 //! The Fluentd Forward protocol, both sides, against independent peers: Python
-//! `fluent-logger` and Node `@fluent-org/logger` sending to perapera's forward source (into a
-//! tansu broker), perapera's forward sink sending to its own source and to a misbehaving
+//! `fluent-logger` and Node `@fluent-org/logger` sending to perapera's forward source (into
+//! Apache Kafka), perapera's forward sink sending to its own source and to a misbehaving
 //! receiver written from the spec in Python, the shared-key handshake over TLS with a CA
 //! made in the test, and hostile bytes on the listener.
 
@@ -62,7 +62,7 @@ fn collect_until(agent: &Agent, into: &mut Vec<serde_json::Value>, n: usize, tim
 }
 
 #[test]
-fn python_and_node_senders_into_tansu_acks_only_after_kafka_acknowledged() {
+fn python_and_node_senders_into_apache_kafka_acks_only_after_kafka_acknowledged() {
     const N: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -92,8 +92,8 @@ fn python_and_node_senders_into_tansu_acks_only_after_kafka_acknowledged() {
         "the Node sender finished while the broker was down: acks preceded Kafka"
     );
     let broker_up = now_ms();
-    let tansu = Tansu::start_on(kafka_port);
-    tansu.create_topic("forwarded", 2);
+    let kafka = Kafka::single_on(kafka_port);
+    kafka.create_topic("forwarded", 2);
     let out = node.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut first_ack = None;
@@ -125,7 +125,7 @@ fn python_and_node_senders_into_tansu_acks_only_after_kafka_acknowledged() {
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&py.stderr)));
     assert_eq!(report["errors"], 0, "{report}");
 
-    let mut reader = Reader::new(&tansu.bootstrap, "forwarded");
+    let mut reader = Reader::new(&kafka.bootstrap, "forwarded");
     reader.read_n(2 * N, Duration::from_secs(120));
     let mut seen: HashMap<(String, u64), usize> = HashMap::new();
     for m in &reader.messages {

@@ -1,5 +1,6 @@
 //! Integration tests: the perapera binary against real journal files (written by
-//! systemd-journal-remote), librdkafka's mock cluster and a tansu broker process.
+//! systemd-journal-remote), librdkafka's mock cluster, Apache Kafka (KRaft) and, for the chaos
+//! test, a tansu broker process.
 
 mod bad_input;
 mod chaos;
@@ -10,7 +11,7 @@ mod forward;
 mod hostile;
 mod journal;
 mod kafka_mock;
-mod kafka_tansu;
+mod kafka_real;
 mod limits;
 mod ops;
 mod packaging;

@@ -352,9 +352,9 @@ fn metrics_match_what_was_shipped_and_health_turns_503_while_the_sink_fails() {
     }
 
     // The broker comes up: everything is delivered, health recovers.
-    let tansu = Tansu::start_on(kafka_port);
-    tansu.create_topic("metered", 1);
-    let mut reader = Reader::new(&tansu.bootstrap, "metered");
+    let kafka = Kafka::single_on(kafka_port);
+    kafka.create_topic("metered", 1);
+    let mut reader = Reader::new(&kafka.bootstrap, "metered");
     reader.read_n(N as usize, Duration::from_secs(120));
     let (counts, _dups) = seq_counts(&reader.messages);
     assert_eq!(counts.len() as u64, N, "{}", agent.stderr());

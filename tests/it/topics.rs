@@ -118,12 +118,12 @@ fn write_lines(dir: &Path, n: usize) {
 
 #[test]
 fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
-    let tansu = Tansu::start();
-    tansu.create_topic("logs.good", 1);
-    tansu.create_topic("logs.files", 1);
+    let kafka = Kafka::single();
+    kafka.create_topic("logs.good", 1);
+    kafka.create_topic("logs.files", 1);
     let dir = tempfile::tempdir().unwrap();
     let (port, metrics) = (free_port(), free_port());
-    let brokers = format!("brokers = [\"{}\"]", tansu.bootstrap);
+    let brokers = format!("brokers = [\"{}\"]", kafka.bootstrap);
     // A window of 2 000: each of the two sources may hold 1 000.
     let config = config(dir.path(), port, metrics, &brokers, PROPAGATION);
     let text = std::fs::read_to_string(&config).unwrap();
@@ -145,7 +145,7 @@ fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
     // at its share; the files source keeps shipping.
     let (mut more, more_id) = send(port, "bad", 400, 9600);
     write_lines(dir.path(), 2000);
-    let mut files = Reader::new(&tansu.bootstrap, "logs.files");
+    let mut files = Reader::new(&kafka.bootstrap, "logs.files");
     assert_eq!(
         files.read_n(2000, Duration::from_secs(60)),
         2000,
@@ -181,7 +181,7 @@ fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
     );
 
     // Created: the waiting entries are delivered, the requests acknowledged, /health 200.
-    tansu.create_topic("logs.bad", 1);
+    kafka.create_topic("logs.bad", 1);
     for (s, id) in [(&mut bad, &bad_id), (&mut more, &more_id)] {
         assert!(
             ack(s, id, Duration::from_secs(60)),
@@ -189,7 +189,7 @@ fn entries_for_a_missing_topic_wait_named_in_health_while_other_topics_flow() {
             agent.stderr()
         );
     }
-    let mut reader = Reader::new(&tansu.bootstrap, "logs.bad");
+    let mut reader = Reader::new(&kafka.bootstrap, "logs.bad");
     reader.read_n(10_000, Duration::from_secs(60));
     reader.drain(Duration::from_secs(1));
     let mut seen: HashMap<u64, usize> = HashMap::new();
@@ -226,13 +226,13 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
         "logs.e5",
         "logs.e6",
     ];
-    let tansu = Tansu::start();
+    let kafka = Kafka::single();
     for t in READ.iter().chain(&["logs.files"]) {
-        tansu.create_topic(t, 1);
+        kafka.create_topic(t, 1);
     }
     let dir = tempfile::tempdir().unwrap();
     let (port, metrics) = (free_port(), free_port());
-    let brokers = format!("brokers = [\"{}\"]", tansu.bootstrap);
+    let brokers = format!("brokers = [\"{}\"]", kafka.bootstrap);
     let agent = Agent::start(&config(
         dir.path(),
         port,
@@ -245,7 +245,7 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
     // logs.files takes a place first; tags e0..e3 name topics that exist and take four more;
     // m4 names a topic that does not exist: the broker says so, and its place is given up, so
     // e5 gets the sixth; e6 (which exists) and m7..m39 are beyond max_topics.
-    let mut files = Reader::new(&tansu.bootstrap, "logs.files");
+    let mut files = Reader::new(&kafka.bootstrap, "logs.files");
     assert_eq!(files.read_n(1000, Duration::from_secs(60)), 1000);
     let tags: Vec<String> = (0..TAGS)
         .map(|i| {
@@ -264,7 +264,7 @@ fn missing_and_surplus_topics_go_to_the_fallback_with_the_topic_they_were_meant_
             agent.stderr()
         );
     }
-    let mut reader = Reader::topics(&tansu.bootstrap, &READ);
+    let mut reader = Reader::topics(&kafka.bootstrap, &READ);
     reader.read_n((TAGS * PER_TAG) as usize, Duration::from_secs(60));
     reader.drain(Duration::from_secs(1));
     let mut seen: HashMap<(String, u64), usize> = HashMap::new();

@@ -1,5 +1,6 @@
 //! Test helpers: real journal files (systemd-journal-remote), the perapera binary as a child
-//! process, an independent Kafka consumer, and a tansu broker process.
+//! process, an independent Kafka consumer, Apache Kafka brokers (`kafka.rs`) and a tansu broker
+//! process (the chaos test).
 
 #![allow(dead_code)]
 
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub mod kafka;
+pub use kafka::*;
 
 pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
