@@ -10,7 +10,7 @@ build:
 	cargo build --release --locked
 
 # The end-to-end benchmark (benches/bench.py): journal and files to Kafka, against the
-# in-process mock cluster and a tansu process; table on stdout, CSV in target/bench/.
+# in-process mock cluster and an Apache Kafka broker process; table on stdout, CSV in target/bench/.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--repeat 5 --set compression.type=zstd"
 bench: build
 	scripts/deps.sh --bench

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit tests, the integration tests against
-# real journal files, librdkafka's mock cluster, Apache Kafka and (chaos) a tansu broker process, the fuzz targets
+# real journal files, librdkafka's mock cluster and Apache Kafka (KRaft), the fuzz targets
 # for 60 s each, the benchmark harness on small data, then builds the .deb and .rpm and checks them (as root this installs,
 # removes and purges the .deb here; PERAPERA_SKIP_PACKAGES=1 skips that step).
 set -euo pipefail

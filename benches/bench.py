@@ -6,7 +6,8 @@ systemd-journal-remote and a 1 000 000-line access log of about 200 bytes a line
 perapera to completion on each, shipping to Kafka:
 
   (a) librdkafka's mock cluster inside perapera (`"test.mock.num.brokers" = "1"`), and
-  (b) a tansu broker process (memory storage) on 127.0.0.1.
+  (b) an Apache Kafka broker process (single-node KRaft, the jars scripts/deps.sh collects)
+      on 127.0.0.1; its CPU is reported beside perapera's.
 
 Every process is measured from outside: CPU seconds (user + sys, from wait4's rusage), wall
 time until the last entry was acknowledged, peak RSS and peak anonymous RSS (sampled from
@@ -22,7 +23,7 @@ and exits 1 when one is missed.
 the targets (./test.sh uses it so that the benchmark keeps working); a run that fails or a
 broker that did not get every entry still fails it.
 
-Usage: benches/bench.py [--repeat N] [--only journal|files] [--skip-tansu] [--keep]
+Usage: benches/bench.py [--repeat N] [--only journal|files] [--skip-kafka] [--keep]
                         [--set KEY=VALUE]... [--smoke]
 """
 import argparse
@@ -44,7 +45,6 @@ DATA = os.environ.get("PERAPERA_BENCH_DATA", os.path.join(ROOT, "target", "bench
 OUT = os.path.join(ROOT, "target", "bench")
 PERAPERA = os.environ.get("PERAPERA_BIN", os.path.join(ROOT, "target", "release", "perapera"))
 FLOOR = os.path.join(ROOT, "target", "release", "examples", "librdkafka_floor")
-TANSU = os.environ.get("TANSU", os.path.expanduser("~/.cargo/bin/tansu"))
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 
 JOURNAL_ENTRIES = 500_000
@@ -295,30 +295,69 @@ def idle_rss(r):
     return m.idle
 
 
-class Tansu:
+KAFKA_LIBS = os.environ.get("PERAPERA_KAFKA_LIBS", os.path.join(ROOT, "target", "kafka", "libs"))
+
+
+class Kafka:
+    """A single-node Apache Kafka (KRaft, broker and controller in one JVM) from the jars
+    scripts/deps.sh collects (tests/kafka/pom.xml), as tests/it/support/kafka.rs starts it."""
+
     def __init__(self, work):
-        self.port = free_port()
-        self.dir = os.path.join(work, "tansu")
-        os.makedirs(self.dir, exist_ok=True)
-        self.logf = open(os.path.join(self.dir, "tansu.log"), "w")
+        if not os.path.exists(os.path.join(KAFKA_LIBS, ".complete")):
+            sys.exit(f"bench: no Kafka jars in {KAFKA_LIBS}: run scripts/deps.sh --bench")
+        self.port, controller = free_port(), free_port()
+        self.dir = os.path.join(work, "kafka")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        props = os.path.join(self.dir, "server.properties")
+        with open(props, "w") as f:
+            f.write(
+                "process.roles=broker,controller\nnode.id=1\n"
+                f"controller.quorum.voters=1@127.0.0.1:{controller}\n"
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}\n"
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}\n"
+                "inter.broker.listener.name=PLAINTEXT\ncontroller.listener.names=CONTROLLER\n"
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+                f"log.dirs={self.dir}/data\nnum.partitions=1\n"
+                "offsets.topic.replication.factor=1\noffsets.topic.num.partitions=1\n"
+                "transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n"
+                "share.coordinator.state.topic.replication.factor=1\n"
+                "share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n"
+                "auto.create.topics.enable=false\nlog.cleaner.dedupe.buffer.size=33554432\n")
+        log4j = os.path.join(self.dir, "log4j2.yaml")
+        with open(log4j, "w") as f:
+            f.write("Configuration:\n  Appenders:\n    File:\n      name: F\n"
+                    "      fileName: \"${sys:kafka.logs.dir}/server.log\"\n"
+                    "      PatternLayout:\n        pattern: \"[%d] %p %m (%c)%n\"\n"
+                    "  Loggers:\n    Root:\n      level: INFO\n      AppenderRef:\n        - ref: F\n")
+        java = ["java", f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.dir}",
+                "-cp", os.path.join(KAFKA_LIBS, "*")]
+        subprocess.run(java + ["-Xmx256m", "kafka.tools.StorageTool", "format",
+                               "-t", "bEnChMaRkcLuStErIdAAAA", "-c", props],
+                       check=True, capture_output=True)
+        self.logf = open(os.path.join(self.dir, "stdout.log"), "w")
         self.proc = subprocess.Popen(
-            [TANSU, "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
-             "--storage-engine", "memory://tansu/"],
-            cwd=self.dir, stdout=self.logf, stderr=self.logf)
-        deadline = time.monotonic() + 30
+            java + ["-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                    "-Djava.awt.headless=true", "kafka.Kafka", props],
+            stdout=self.logf, stderr=self.logf)
+        server_log = os.path.join(self.dir, "server.log")
+        deadline = time.monotonic() + 90
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                with open(server_log) as f:
+                    if "Kafka Server started" in f.read():
+                        break
             except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    sys.exit(f"bench: tansu did not start; see {self.dir}/tansu.log")
-                time.sleep(0.1)
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                sys.exit(f"bench: Kafka did not start; see {self.dir}/server.log")
+            time.sleep(0.2)
 
     def create_topic(self, name):
-        subprocess.run([TANSU, "topic", "create", "--broker", f"tcp://127.0.0.1:{self.port}",
-                        "--partitions", "1", name], check=True, capture_output=True)
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}"})
+        for f in admin.create_topics([NewTopic(name, 1, 1)]).values():
+            f.result(30)
 
     def count(self, topic, expected):
         """(records, distinct values) the broker holds in the topic (benches/count.py)."""
@@ -348,7 +387,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each mock/reference case (median reported)")
     ap.add_argument("--only", choices=["journal", "files"])
-    ap.add_argument("--skip-tansu", action="store_true")
+    ap.add_argument("--skip-kafka", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--smoke", action="store_true",
                     help="small data, one run, targets not checked (for ./test.sh)")
@@ -464,10 +503,10 @@ def main():
         checks.append((f"idle RSS ({name} source) <= 10 MiB", s["VmRSS"] <= 10 * MIB,
                        f"{s['VmRSS'] / MIB:.1f} MiB"))
 
-    if not args.skip_tansu:
-        tansu = Tansu(work)
+    if not args.skip_kafka:
+        kafka = Kafka(work)
         try:
-            sink = f'brokers = ["127.0.0.1:{tansu.port}"]\n'
+            sink = f'brokers = ["127.0.0.1:{kafka.port}"]\n'
             cases = []
             if do_journal:
                 cases.append(("journal", JOURNAL_SOURCE.format(path=journal_dir()), JOURNAL_ENTRIES))
@@ -475,19 +514,19 @@ def main():
                 cases.append(("files", FILES_SOURCE.format(path=access_log()), LOG_LINES))
             for name, source, entries in cases:
                 topic = f"bench-{name}"
-                tansu.create_topic(topic)
-                log(f"perapera {name} -> Kafka (tansu)")
-                before = tansu.cpu()
-                r = run_perapera(work, f"{name}-tansu", source, sink, entries, topic)
-                broker_cpu = tansu.cpu() - before
-                records, distinct = tansu.count(topic, entries)
-                row(f"{name} -> kafka (tansu process)", entries, r,
-                    f"consumed {records} records, {distinct} distinct; tansu CPU {broker_cpu:.2f} s")
-                checks.append((f"{name} -> tansu: every entry delivered", distinct == entries,
+                kafka.create_topic(topic)
+                log(f"perapera {name} -> Apache Kafka")
+                before = kafka.cpu()
+                r = run_perapera(work, f"{name}-kafka", source, sink, entries, topic)
+                broker_cpu = kafka.cpu() - before
+                records, distinct = kafka.count(topic, entries)
+                row(f"{name} -> Apache Kafka (broker process)", entries, r,
+                    f"consumed {records} records, {distinct} distinct; broker CPU {broker_cpu:.2f} s")
+                checks.append((f"{name} -> Apache Kafka: every entry delivered", distinct == entries,
                                f"{distinct} of {entries} distinct entries consumed back "
                                f"({records} records)"))
         finally:
-            tansu.stop()
+            kafka.stop()
 
     # ------------------------------------------------------------ report
     fields = ["case", "entries", "cpu_s", "user_s", "sys_s", "wall_s", "us_per_entry",

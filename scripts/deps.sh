@@ -2,8 +2,7 @@
 # Installs what building perapera needs on Debian 12, only when it is missing; with
 # --package also what building and checking its .deb/.rpm needs, with --test everything the
 # test suite needs (which includes packaging), with --bench what `make bench` needs (the
-# journal writer, Apache Kafka, tansu, a Kafka client). Used by ./run.sh, ./test.sh and the
-# Makefile.
+# journal writer, Apache Kafka, a Kafka client). Used by ./run.sh, ./test.sh and the Makefile.
 set -euo pipefail
 
 want_test=0
@@ -68,12 +67,6 @@ if [ $want_package -eq 1 ]; then
 fi
 
 if [ $want_test -eq 1 ] || [ $want_bench -eq 1 ]; then
-    # tansu: a Kafka-API-compatible broker process for the end-to-end tests.
-    tansu="${TANSU:-$HOME/.cargo/bin/tansu}"
-    if ! "$tansu" --version 2>/dev/null | grep -q "0.6.0"; then
-        echo "deps: installing tansu 0.6.0 (about 10 minutes on 2 cores, once)" >&2
-        cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
-    fi
     # Apache Kafka (broker and tools, KRaft) for the end-to-end tests: the jars of the
     # version pinned in tests/kafka/pom.xml and their runtime dependencies, once (a copy of
     # the pom marks a complete collection; another pom collects again).

@@ -1,10 +1,16 @@
-//! The guarantee, measured: tracer entries written at a steady rate into a journal (appended
-//! with systemd-journal-remote) and into a log file rotated by rename, while a driver
-//! SIGKILLs and SIGTERMs perapera and restarts it at random moments, takes the tansu broker
-//! off the network (every connection reset, then connection refused) for random outages of up
-//! to 30 s, and pauses its process (SIGSTOP/SIGCONT). At the end an independent consumer (Python confluent-kafka)
-//! counts every tracer: none may be lost, duplicates must stay within the in-flight window per
-//! interruption, and perapera's RSS stays bounded. The report line is written to
+//! The guarantee, measured against a three-broker Apache Kafka cluster (replication factor 3,
+//! `min.insync.replicas=2`, three controllers of its own): tracer entries written at a steady
+//! rate into a journal (appended with systemd-journal-remote) and into a log file rotated by
+//! rename, while one driver SIGKILLs and SIGTERMs perapera and restarts it at random moments,
+//! and another fails the cluster: a broker SIGKILLed and restarted (the partition leader
+//! included), a broker hung with SIGSTOP, two brokers down at once (the ISR below
+//! `min.insync.replicas`: the leader refuses writes with NOT_ENOUGH_REPLICAS), a rolling
+//! restart of the three brokers and the active controller killed. At the end an independent
+//! consumer (Python confluent-kafka) counts every tracer: none may be lost, duplicates must stay
+//! within the in-flight window per perapera interruption, and perapera's RSS stays bounded.
+//! Duplicates are split by the producer id Kafka stored with each copy (`DumpLogSegments`):
+//! copies written by one producer are re-sends of a running perapera after a broker failure,
+//! copies from different producers follow a perapera restart. The report line is written to
 //! target/chaos-report.txt (./test.sh prints it).
 
 use std::collections::HashMap;
@@ -37,101 +43,12 @@ impl Rng {
     }
 }
 
-/// The Kafka broker as perapera sees it: a tansu process (advertising the proxy's address)
-/// behind a TCP proxy this test controls. An outage is the broker vanishing from the network:
-/// the proxy resets every connection and stops listening (connection refused) until it comes
-/// back. tansu's sqlite engine could not serve this test (see README, Design notes), so what
-/// the broker acknowledged stays in its memory storage across outages, as a durable broker
-/// keeps it across restarts. Pauses stop the tansu process itself (SIGSTOP).
-struct Broker {
-    port: u16,
-    up: Arc<AtomicBool>,
-    tansu: Tansu,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let (port, inner) = (free_port(), free_port());
-        let tansu = Tansu::start_advertising(inner, port);
-        let up = Arc::new(AtomicBool::new(true));
-        let flag = up.clone();
-        std::thread::spawn(move || proxy(port, inner, &flag));
-        wait_port(port, Duration::from_secs(10), "the proxy");
-        Broker { port, up, tansu }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-        // Give the proxy a moment to drop or take up its listener.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    fn signal(&self, sig: i32) {
-        self.tansu.signal(sig);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // A paused broker must not stay paused; Tansu's drop kills it.
-        self.signal(libc::SIGCONT);
-    }
-}
-
-/// Forwards 127.0.0.1:port to 127.0.0.1:inner while `up`; when it turns false, resets every
-/// open connection and closes the listener. Runs until the test process ends.
-fn proxy(port: u16, inner: u16, up: &AtomicBool) {
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    let mut listener: Option<TcpListener> = None;
-    let mut open: Vec<TcpStream> = Vec::new();
-    loop {
-        let want = up.load(Ordering::SeqCst);
-        match (want, listener.is_some()) {
-            (true, false) => {
-                if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-                    l.set_nonblocking(true).unwrap();
-                    listener = Some(l);
-                }
-            }
-            (false, true) => {
-                listener = None;
-                for c in open.drain(..) {
-                    let _ = c.shutdown(Shutdown::Both);
-                }
-            }
-            _ => {}
-        }
-        let Some(l) = &listener else {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        };
-        match l.accept() {
-            Ok((client, _)) => {
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", inner)) else {
-                    continue;
-                };
-                for (from, to) in [(&client, &server), (&server, &client)] {
-                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-                open.push(client);
-                open.push(server);
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
 fn rss_mib(pid: u32) -> u64 {
     rss_kib(pid) / 1024
 }
 
 #[test]
-fn chaos_kills_and_outages_lose_no_tracer() {
+fn chaos_kills_and_broker_failures_lose_no_tracer() {
     let seconds: u64 = std::env::var("PERAPERA_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -147,8 +64,8 @@ fn chaos_kills_and_outages_lose_no_tracer() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&logs).unwrap();
     write_journal(&journal, &[]);
-    let broker = Broker::start();
-    broker.tansu.create_topic(TOPIC, 2);
+    let mut kafka = Kafka::cluster();
+    kafka.create_topic(TOPIC, 2);
     let metrics_port = free_port();
     eprintln!(
         "chaos: metrics on 127.0.0.1:{metrics_port}, state {}",
@@ -161,12 +78,17 @@ fn chaos_kills_and_outages_lose_no_tracer() {
              [pipeline]\nmax_in_flight = {WINDOW}\nshutdown_timeout = \"5s\"\n\
              [[source]]\ntype = \"journal\"\ndirectory = \"{}\"\n\
              [[source]]\ntype = \"files\"\nname = \"files\"\ninclude = [\"{}/app.log*\"]\nformat = \"raw\"\n\
-             [sink]\ntype = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\ntopic = \"{TOPIC}\"\n\
+             [sink]\ntype = \"kafka\"\nbrokers = [{}]\ntopic = \"{TOPIC}\"\n\
              [sink.librdkafka]\n\"message.timeout.ms\" = 10000\n",
             state.display(),
             journal.display(),
             logs.display(),
-            broker.port
+            kafka
+                .bootstrap
+                .split(',')
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     );
 
@@ -256,31 +178,18 @@ fn chaos_kills_and_outages_lose_no_tracer() {
         })
     };
 
-    // The broker driver, here: up a while, then down (killed) or paused, up to 30 s.
+    // The cluster driver, here: a fault every 2 to 5 s until the time is up and every kind
+    // happened often enough.
     let mut rng = Rng(seed);
-    let (mut outages, mut pauses, mut longest) = (0u32, 0u32, Duration::ZERO);
+    let mut f = Faults::default();
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end
-        || outages < 5
+        || !f.enough()
         || kills.load(Ordering::Relaxed) < 20
         || terms.load(Ordering::Relaxed) < 5
-        || pauses < 2
     {
-        std::thread::sleep(rng.millis(3000, 8000));
-        if rng.next().is_multiple_of(4) || (outages >= 5 && pauses < 2) {
-            let d = rng.millis(2000, 10_000);
-            broker.signal(libc::SIGSTOP);
-            std::thread::sleep(d);
-            broker.signal(libc::SIGCONT);
-            pauses += 1;
-        } else {
-            let d = rng.millis(2000, 30_000);
-            broker.set_up(false);
-            std::thread::sleep(d);
-            broker.set_up(true);
-            outages += 1;
-            longest = longest.max(d);
-        }
+        std::thread::sleep(rng.millis(2000, 5000));
+        f.one(&mut kafka, &mut rng, Instant::now() >= end);
     }
     stop_driver.store(true, Ordering::Relaxed);
     driver.join().unwrap();
@@ -299,11 +208,7 @@ fn chaos_kills_and_outages_lose_no_tracer() {
     let out = output_ok(
         Command::new("python3")
             .arg(repo().join("tests/py/count_tracers.py"))
-            .args([
-                &format!("127.0.0.1:{}", broker.port),
-                TOPIC,
-                &(jn + fnum).to_string(),
-            ]),
+            .args([kafka.bootstrap.as_str(), TOPIC, &(jn + fnum).to_string()]),
     );
     max_rss.fetch_max(rss_mib(agent.child.id()), Ordering::Relaxed);
     agent.signal(libc::SIGTERM);
@@ -330,15 +235,16 @@ fn chaos_kills_and_outages_lose_no_tracer() {
         .collect();
     let delivered = written.len() - lost.len();
     let duplicated: u64 = counts.values().map(|c| c - 1).sum();
+    let (same_producer, other_producer) = split_duplicates(&kafka, &report["copies"]);
     let (k, t) = (kills.load(Ordering::Relaxed), terms.load(Ordering::Relaxed));
     let rss = max_rss.load(Ordering::Relaxed);
     let line = format!(
-        "chaos (journal + rotating files -> tansu, seed {seed}): tracers written {}, delivered {delivered}, \
-         lost {}, duplicated {duplicated}; perapera SIGKILLs {k}, SIGTERMs {t}; broker outages {outages} \
-         (longest outage {:.1} s), pauses {pauses}; max RSS of perapera {rss} MiB",
+        "chaos (journal + rotating files -> Apache Kafka, 3 brokers, seed {seed}): tracers written {}, \
+         delivered {delivered}, lost {}, duplicated {duplicated} ({other_producer} after perapera \
+         restarts, {same_producer} re-sent by a running perapera after broker failures); perapera \
+         SIGKILLs {k}, SIGTERMs {t}; {f}; max RSS of perapera {rss} MiB",
         written.len(),
         lost.len(),
-        longest.as_secs_f64()
     );
     eprintln!("{line}");
     let _ = std::fs::write(
@@ -350,15 +256,190 @@ fn chaos_kills_and_outages_lose_no_tracer() {
         "{line}\nlost: {:?}",
         &lost[..lost.len().min(20)]
     );
-    assert!(k >= 20 && t >= 5 && outages >= 5 && pauses >= 2, "{line}");
-    // Every interruption can re-send at most the window.
-    let bound = (k + t + u64::from(outages) + u64::from(pauses)) * WINDOW;
-    assert!(duplicated <= bound, "{line}: duplicates above {bound}");
+    assert!(k >= 20 && t >= 5 && f.enough(), "{line}");
+    // Every perapera interruption can re-send at most the window; so can every broker failure
+    // (the entries in flight time out and are re-sent by the running perapera).
+    let bound = (k + t) * WINDOW;
+    assert!(
+        other_producer <= bound,
+        "{line}: restart duplicates above {bound}"
+    );
+    assert!(
+        duplicated <= bound + f.total() * WINDOW,
+        "{line}: duplicates above the windows in flight"
+    );
     assert!(rss <= 256, "{line}: RSS above 256 MiB");
     assert!(
         report["problems"].as_array().unwrap().is_empty(),
         "{report}"
     );
+}
+
+/// The cluster faults injected, and how many of each.
+#[derive(Default)]
+struct Faults {
+    broker_kills: u32,
+    leader_kills: u32,
+    hangs: u32,
+    longest_hang: Duration,
+    below_min_isr: u32,
+    rolling_restarts: u32,
+    controller_kills: u32,
+}
+
+impl Faults {
+    fn enough(&self) -> bool {
+        self.broker_kills >= 5
+            && self.leader_kills >= 2
+            && self.hangs >= 2
+            && self.below_min_isr >= 2
+            && self.rolling_restarts >= 1
+            && self.controller_kills >= 1
+    }
+
+    fn total(&self) -> u64 {
+        u64::from(
+            self.broker_kills
+                + self.hangs
+                + self.below_min_isr
+                + 3 * self.rolling_restarts
+                + self.controller_kills,
+        )
+    }
+
+    /// Injects one fault, chosen at random (only the ones still short once `overtime`), and
+    /// waits until the cluster is whole again.
+    fn one(&mut self, kafka: &mut Kafka, rng: &mut Rng, overtime: bool) {
+        let short = [
+            self.broker_kills < 5 || self.leader_kills < 2,
+            self.hangs < 2,
+            self.below_min_isr < 2,
+            self.rolling_restarts < 1,
+            self.controller_kills < 1,
+        ];
+        let mut kind = (rng.next() % 8) as usize;
+        // Broker kills are the common case: kinds 5..8 are kills too.
+        if kind >= 5 {
+            kind = 0;
+        }
+        if overtime && !short[kind] {
+            match short.iter().position(|s| *s) {
+                Some(k) => kind = k,
+                None => return,
+            }
+        }
+        let ids = kafka.ids();
+        let leader = kafka.leaders(TOPIC).first().copied().unwrap_or(-1);
+        match kind {
+            0 => {
+                // Every other kill takes the leader of partition 0.
+                let victim = if self.broker_kills.is_multiple_of(2) && leader > 0 {
+                    leader as u32
+                } else {
+                    ids[(rng.next() % 3) as usize]
+                };
+                self.leader_kills += u32::from(victim as i32 == leader);
+                kafka.kill(victim);
+                std::thread::sleep(rng.millis(2000, 6000));
+                kafka.restart(victim);
+                self.broker_kills += 1;
+            }
+            1 => {
+                let victim = ids[(rng.next() % 3) as usize];
+                let d = rng.millis(5000, 20_000);
+                kafka.signal(victim, libc::SIGSTOP);
+                std::thread::sleep(d);
+                kafka.signal(victim, libc::SIGCONT);
+                self.hangs += 1;
+                self.longest_hang = self.longest_hang.max(d);
+            }
+            2 => {
+                // Two down, for longer than the fencing (broker.session.timeout.ms = 4 s): the
+                // controller shrinks the ISR to the one left.
+                let keep = ids[(rng.next() % 3) as usize];
+                let down: Vec<u32> = ids.iter().copied().filter(|i| *i != keep).collect();
+                for id in &down {
+                    kafka.kill(*id);
+                }
+                std::thread::sleep(rng.millis(6000, 10_000));
+                for id in &down {
+                    kafka.restart(*id);
+                }
+                self.below_min_isr += 1;
+            }
+            3 => {
+                for id in ids {
+                    kafka.terminate(id);
+                    kafka.restart(id);
+                    // The restarted broker rejoins the ISR before the next one goes.
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                self.rolling_restarts += 1;
+            }
+            _ => {
+                let Some(controller) = kafka.active_controller() else {
+                    return;
+                };
+                kafka.kill(controller);
+                std::thread::sleep(rng.millis(2000, 4000));
+                kafka.restart(controller);
+                self.controller_kills += 1;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "broker SIGKILLs {} ({} of the leader), hangs {} (longest {:.1} s), periods below \
+             min.insync.replicas {}, rolling restarts {}, controller kills {}",
+            self.broker_kills,
+            self.leader_kills,
+            self.hangs,
+            self.longest_hang.as_secs_f64(),
+            self.below_min_isr,
+            self.rolling_restarts,
+            self.controller_kills
+        )
+    }
+}
+
+/// Splits the duplicated tracers' extra copies by the producer id Kafka stored with each copy:
+/// (copies from a producer that already wrote the tracer, copies from another producer).
+fn split_duplicates(kafka: &Kafka, copies: &serde_json::Value) -> (u64, u64) {
+    let Some(copies) = copies.as_object() else {
+        return (0, 0);
+    };
+    let id = kafka.ids()[0];
+    let batches: Vec<Vec<(i64, i64, i64)>> = (0..2).map(|p| kafka.batches(id, TOPIC, p)).collect();
+    let producer = |p: i64, o: i64| {
+        batches[p as usize]
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&o))
+            .map(|b| b.2)
+    };
+    let (mut same, mut other) = (0, 0);
+    for places in copies.values() {
+        let mut seen = Vec::new();
+        for place in places.as_array().into_iter().flatten() {
+            let (p, o) = (
+                place[0].as_i64().unwrap_or(0),
+                place[1].as_i64().unwrap_or(0),
+            );
+            let pid = producer(p, o);
+            if !seen.is_empty() {
+                if seen.contains(&pid) {
+                    same += 1;
+                } else {
+                    other += 1;
+                }
+            }
+            seen.push(pid);
+        }
+    }
+    (same, other)
 }
 
 fn now_seed() -> u64 {

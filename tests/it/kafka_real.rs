@@ -182,3 +182,71 @@ fn journal_to_apache_kafka_end_to_end() {
     let bin = java.iter().find(|m| m.seq() == N).unwrap().fields();
     assert_eq!(bin["BLOB"], rmpv::Value::Binary(vec![0, 1, 0xff, b'\n', 0]));
 }
+
+/// The three-broker cluster the fault tests use: topics replicated three times, a leader
+/// killed and replaced, two brokers down leaving the ISR below `min.insync.replicas` (the
+/// broker refuses `acks=all` writes with NOT_ENOUGH_REPLICAS), the active controller killed,
+/// and every node back.
+#[test]
+fn three_broker_cluster_fails_over_and_refuses_writes_below_min_isr() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut kafka = Kafka::cluster();
+    kafka.create_topic("replicated", 1);
+    let leader = kafka.leaders("replicated")[0];
+    assert!(kafka.ids().contains(&(leader as u32)), "leader {leader}");
+    kafka.kill(leader as u32);
+    let end = Instant::now() + Duration::from_secs(30);
+    while kafka
+        .leaders("replicated")
+        .first()
+        .is_none_or(|l| *l == leader || *l < 0)
+    {
+        assert!(Instant::now() < end, "no new leader after killing {leader}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kafka.restart(leader as u32);
+    // Two brokers down: one left, below min.insync.replicas = 2.
+    let left = kafka.leaders("replicated")[0] as u32;
+    let others: Vec<u32> = kafka.ids().into_iter().filter(|i| *i != left).collect();
+    for id in &others {
+        kafka.kill(*id);
+    }
+    // The ISR shrinks once the followers are fenced (broker.session.timeout.ms = 4 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap.as_str())
+        .set("acks", "all")
+        .set("message.timeout.ms", "8000")
+        .set("retries", "0")
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(producer.send(
+        FutureRecord::<(), _>::to("replicated").payload("x"),
+        Duration::from_secs(10),
+    ));
+    assert!(
+        format!("{result:?}").contains("NotEnoughReplicas"),
+        "a write below min.insync.replicas: {result:?}"
+    );
+    for id in &others {
+        kafka.restart(*id);
+    }
+    let controller = kafka.active_controller().expect("a quorum leader");
+    assert!((101..=103).contains(&controller), "{controller}");
+    kafka.kill(controller);
+    let end = Instant::now() + Duration::from_secs(30);
+    while kafka.active_controller().is_none_or(|c| c == controller) {
+        assert!(Instant::now() < end, "no new active controller");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kafka.restart(controller);
+    let result = runtime.block_on(producer.send(
+        FutureRecord::<(), _>::to("replicated").payload("after"),
+        Duration::from_secs(30),
+    ));
+    assert!(result.is_ok(), "a write with every node back: {result:?}");
+}

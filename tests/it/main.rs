@@ -1,6 +1,5 @@
 //! Integration tests: the perapera binary against real journal files (written by
-//! systemd-journal-remote), librdkafka's mock cluster, Apache Kafka (KRaft) and, for the chaos
-//! test, a tansu broker process.
+//! systemd-journal-remote), librdkafka's mock cluster and Apache Kafka itself (KRaft).
 
 mod bad_input;
 mod chaos;

@@ -4,7 +4,9 @@ msgpack from PyPI). Reads every partition from the beginning until EXPECTED dist
 were seen and the topic stayed quiet for 5 s, or 120 s passed. A journal tracer is its SEQ
 field ("j<SEQ>"), a file tracer its message ("f-<n>").
 
-Usage: count_tracers.py BOOTSTRAP TOPIC EXPECTED   Prints {"counts": {tracer: n}, "problems": [...]}.
+Usage: count_tracers.py BOOTSTRAP TOPIC EXPECTED
+Prints {"counts": {tracer: n}, "copies": {tracer: [[partition, offset], ...]} (duplicated
+tracers only), "problems": [...]}.
 """
 import json
 import sys
@@ -21,7 +23,7 @@ consumer = Consumer({
 })
 meta = consumer.list_topics(topic, timeout=30)
 consumer.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
-counts, problems = {}, []
+counts, problems, where = {}, [], {}
 deadline = time.time() + 120
 quiet_since = time.time()
 while time.time() < deadline:
@@ -41,5 +43,7 @@ while time.time() < deadline:
         m = value.get("message")
         tracer = m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m)
     counts[tracer] = counts.get(tracer, 0) + 1
+    where.setdefault(tracer, []).append([msg.partition(), msg.offset()])
 consumer.close()
-print(json.dumps({"counts": counts, "problems": problems[:10]}))
+copies = {t: w for t, w in where.items() if len(w) > 1}
+print(json.dumps({"counts": counts, "copies": copies, "problems": problems[:10]}))

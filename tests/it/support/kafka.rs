@@ -24,8 +24,19 @@ pub fn kafka_libs() -> PathBuf {
         .unwrap_or_else(|| repo().join("target/kafka/libs"))
 }
 
+/// What a JVM runs, for its heap and logging.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Heap {
+    /// A command-line tool (logs to stderr).
+    Tool,
+    /// A broker (or a combined broker and controller).
+    Broker,
+    /// A controller only.
+    Controller,
+}
+
 /// A Java command with the Kafka classpath and the logging configuration in `dir`.
-pub fn kafka_java(dir: &Path, tool: bool) -> Command {
+pub fn kafka_java(dir: &Path, heap: Heap) -> Command {
     let libs = kafka_libs();
     assert!(
         libs.join(".complete").exists(),
@@ -34,15 +45,19 @@ pub fn kafka_java(dir: &Path, tool: bool) -> Command {
     );
     write_log_configs(dir);
     let mut c = Command::new("java");
-    if tool {
+    if heap == Heap::Tool {
         c.arg("-Xmx256m").arg(format!(
             "-Dlog4j2.configurationFile={}",
             dir.join("tools-log4j2.yaml").display()
         ));
     } else {
+        let size = if heap == Heap::Controller {
+            "160m"
+        } else {
+            "256m"
+        };
+        c.arg(format!("-Xms{size}")).arg(format!("-Xmx{size}"));
         c.args([
-            "-Xms256m",
-            "-Xmx256m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-XX:+ExplicitGCInvokesConcurrent",
@@ -104,7 +119,9 @@ fn cluster_id() -> String {
 
 struct Node {
     id: u32,
+    /// The client port (brokers) or the controller port (controllers).
     port: u16,
+    controller: bool,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -130,64 +147,118 @@ pub struct Kafka {
 impl Kafka {
     /// One node.
     pub fn single() -> Kafka {
-        Kafka::start(&[free_port()])
+        Kafka::start(&[free_port()], 0)
     }
 
     /// One node listening on `port`, chosen beforehand (an agent was pointed at it while it
     /// was down).
     pub fn single_on(port: u16) -> Kafka {
-        Kafka::start(&[port])
+        Kafka::start(&[port], 0)
     }
 
-    /// Three nodes, each broker and controller: replication factor 3, `min.insync.replicas=2`.
+    /// Three brokers (ids 1, 2, 3: replication factor 3, `min.insync.replicas=2`) and three
+    /// controllers of their own (ids 101, 102, 103), so that two brokers can be down while the
+    /// controller quorum shrinks the ISR below `min.insync.replicas`.
     pub fn cluster() -> Kafka {
-        Kafka::start(&[free_port(), free_port(), free_port()])
+        Kafka::start(&[free_port(), free_port(), free_port()], 3)
     }
 
-    fn start(broker_ports: &[u16]) -> Kafka {
+    fn start(broker_ports: &[u16], controllers: usize) -> Kafka {
         let dir = tempfile::tempdir().unwrap();
-        let n = broker_ports.len() as u32;
-        let ports: Vec<(u16, u16)> = broker_ports.iter().map(|p| (*p, free_port())).collect();
-        let voters: Vec<String> = ports
+        let replicas = broker_ports.len().min(3);
+        let min_isr = if replicas >= 3 { 2 } else { 1 };
+        // (id, client port, controller port): combined nodes 1.., or brokers 1.. and
+        // controllers 101.. with ports of their own.
+        let mut plan: Vec<(u32, u16, Option<u16>)> = Vec::new();
+        for (i, p) in broker_ports.iter().enumerate() {
+            let controller = (controllers == 0).then(free_port);
+            plan.push((i as u32 + 1, *p, controller));
+        }
+        let quorum: Vec<(u32, u16)> = if controllers == 0 {
+            plan.iter()
+                .map(|(id, _, c)| (*id, c.unwrap_or(0)))
+                .collect()
+        } else {
+            (0..controllers)
+                .map(|i| (101 + i as u32, free_port()))
+                .collect()
+        };
+        let voters: Vec<String> = quorum
             .iter()
-            .enumerate()
-            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
             .collect();
-        let replicas = n.min(3);
-        let min_isr = if n >= 3 { 2 } else { 1 };
-        let id = cluster_id();
+        let common = format!(
+            "controller.quorum.voters={voters}
+controller.listener.names=CONTROLLER
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+             num.partitions=1
+default.replication.factor={replicas}
+             min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replicas}
+             offsets.topic.num.partitions=1
+             transaction.state.log.replication.factor={replicas}
+             transaction.state.log.min.isr={min_isr}
+transaction.state.log.num.partitions=1
+             share.coordinator.state.topic.replication.factor={replicas}
+             share.coordinator.state.topic.min.isr={min_isr}
+             unclean.leader.election.enable=false
+group.initial.rebalance.delay.ms=0
+             auto.create.topics.enable=false
+log.cleaner.dedupe.buffer.size=33554432
+             broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=1000
+             replica.lag.time.max.ms=10000
+",
+            voters = voters.join(","),
+        );
+        let mut specs: Vec<(u32, u16, bool, String)> = Vec::new();
+        for (id, port, controller) in &plan {
+            let (roles, listeners) = match controller {
+                Some(c) => (
+                    "broker,controller",
+                    format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{c}"),
+                ),
+                None => ("broker", format!("PLAINTEXT://127.0.0.1:{port}")),
+            };
+            specs.push((
+                *id,
+                *port,
+                false,
+                format!(
+                    "process.roles={roles}\nnode.id={id}\nlisteners={listeners}\n\
+                     advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                     inter.broker.listener.name=PLAINTEXT\n"
+                ),
+            ));
+        }
+        if controllers > 0 {
+            for (id, port) in &quorum {
+                specs.push((
+                    *id,
+                    *port,
+                    true,
+                    format!(
+                        "process.roles=controller\nnode.id={id}\n\
+                         listeners=CONTROLLER://127.0.0.1:{port}\n"
+                    ),
+                ));
+            }
+        }
+        let cluster = cluster_id();
         let mut nodes = Vec::new();
         let mut formats = Vec::new();
-        for (i, (port, controller)) in ports.iter().enumerate() {
-            let node_id = i as u32 + 1;
-            let node_dir = dir.path().join(format!("n{node_id}"));
+        for (id, port, controller, roles) in specs {
+            let node_dir = dir.path().join(format!("n{id}"));
             std::fs::create_dir_all(&node_dir).unwrap();
             let props = format!(
-                "process.roles=broker,controller\nnode.id={node_id}\n\
-                 controller.quorum.voters={voters}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-                 inter.broker.listener.name=PLAINTEXT\ncontroller.listener.names=CONTROLLER\n\
-                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
-                 log.dirs={data}\nnum.partitions=1\ndefault.replication.factor={replicas}\n\
-                 min.insync.replicas={min_isr}\noffsets.topic.replication.factor={replicas}\n\
-                 offsets.topic.num.partitions=1\n\
-                 transaction.state.log.replication.factor={replicas}\n\
-                 transaction.state.log.min.isr={min_isr}\ntransaction.state.log.num.partitions=1\n\
-                 share.coordinator.state.topic.replication.factor={replicas}\n\
-                 share.coordinator.state.topic.min.isr={min_isr}\n\
-                 unclean.leader.election.enable=false\ngroup.initial.rebalance.delay.ms=0\n\
-                 auto.create.topics.enable=false\nlog.cleaner.dedupe.buffer.size=33554432\n\
-                 broker.session.timeout.ms=4000\nbroker.heartbeat.interval.ms=1000\n\
-                 replica.lag.time.max.ms=10000\n",
-                voters = voters.join(","),
-                data = node_dir.join("data").display(),
+                "{roles}{common}log.dirs={}\n",
+                node_dir.join("data").display()
             );
             std::fs::write(node_dir.join("server.properties"), props).unwrap();
             // A static quorum (controller.quorum.voters): formatted without a quorum flag.
             formats.push(
-                kafka_java(&node_dir, true)
-                    .args(["kafka.tools.StorageTool", "format", "-t", &id, "-c"])
+                kafka_java(&node_dir, Heap::Tool)
+                    .args(["kafka.tools.StorageTool", "format", "-t", &cluster, "-c"])
                     .arg(node_dir.join("server.properties"))
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
@@ -195,8 +266,9 @@ impl Kafka {
                     .unwrap_or_else(|e| panic!("java (Kafka's StorageTool): {e}")),
             );
             nodes.push(Node {
-                id: node_id,
-                port: *port,
+                id,
+                port,
+                controller,
                 dir: node_dir,
                 child: None,
             });
@@ -211,6 +283,7 @@ impl Kafka {
         }
         let bootstrap = nodes
             .iter()
+            .filter(|n| !n.controller)
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",");
@@ -243,7 +316,12 @@ impl Kafka {
             .append(true)
             .open(node.dir.join("stdout.log"))
             .unwrap();
-        let child = kafka_java(&node.dir, false)
+        let heap = if node.controller {
+            Heap::Controller
+        } else {
+            Heap::Broker
+        };
+        let child = kafka_java(&node.dir, heap)
             .arg("kafka.Kafka")
             .arg(node.dir.join("server.properties"))
             .stdin(Stdio::null())
@@ -284,9 +362,33 @@ impl Kafka {
         }
     }
 
-    /// Node ids, 1-based.
+    /// Broker ids, 1-based.
     pub fn ids(&self) -> Vec<u32> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| !n.controller)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The id of the active controller (the quorum's leader), asked of the controllers.
+    pub fn active_controller(&self) -> Option<u32> {
+        let controllers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.controller)
+            .filter(|n| n.child.is_some())
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let first = controllers.first()?;
+        let out = self.tool(
+            "org.apache.kafka.tools.MetadataQuorumCommand",
+            &["--bootstrap-controller", first, "describe", "--status"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("LeaderId:"))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// The broker port of node `id`.
@@ -355,7 +457,7 @@ impl Kafka {
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .unwrap();
-        let replication = self.nodes.len().min(3) as i32;
+        let replication = self.ids().len().min(3) as i32;
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
         for (k, v) in configs {
             topic = topic.set(k, v);
@@ -403,9 +505,43 @@ impl Kafka {
             .unwrap_or_default()
     }
 
+    /// The record batches of `topic`'s `partition` in broker `id`'s log, as Kafka's
+    /// `DumpLogSegments` reads them: (first offset, last offset, producer id).
+    pub fn batches(&self, id: u32, topic: &str, partition: i32) -> Vec<(i64, i64, i64)> {
+        let dir = self.nodes[self.index(id)]
+            .dir
+            .join("data")
+            .join(format!("{topic}-{partition}"));
+        let mut logs: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        let out = self.tool("kafka.tools.DumpLogSegments", &["--files", &logs.join(",")]);
+        let field = |line: &str, name: &str| -> Option<i64> {
+            let rest = &line[line.find(name)? + name.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                Some((
+                    field(l, "baseOffset: ")?,
+                    field(l, "lastOffset: ")?,
+                    field(l, "producerId: ")?,
+                ))
+            })
+            .collect()
+    }
+
     /// A Kafka tool (`org.apache.kafka.tools.TopicCommand` ...) run to completion with `args`.
     pub fn tool(&self, class: &str, args: &[&str]) -> std::process::Output {
-        kafka_java(self._dir.path(), true)
+        kafka_java(self._dir.path(), Heap::Tool)
             .arg(class)
             .args(args)
             .output()

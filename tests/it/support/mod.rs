@@ -1,6 +1,5 @@
 //! Test helpers: real journal files (systemd-journal-remote), the perapera binary as a child
-//! process, an independent Kafka consumer, Apache Kafka brokers (`kafka.rs`) and a tansu broker
-//! process (the chaos test).
+//! process, an independent Kafka consumer, and Apache Kafka brokers (`kafka.rs`).
 
 #![allow(dead_code)]
 
@@ -535,115 +534,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A tansu broker process with in-memory storage; killed on drop.
-///
-/// tansu 0.6's sqlite engine was measured to return nothing to a consumer fetching from a
-/// partition holding a few thousand records (0 of 20 000 in 120 s; memory storage: all in
-/// 1.3 s), so tests that do not restart the broker use `memory://`.
-pub struct Tansu {
-    child: Child,
-    pub bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
-pub fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo = PathBuf::from(home).join(".cargo/bin/tansu");
-    if cargo.exists() {
-        return cargo;
-    }
-    PathBuf::from("tansu")
-}
-
-impl Tansu {
-    pub fn start() -> Tansu {
-        Tansu::start_on(free_port())
-    }
-
-    /// A broker on a port chosen beforehand (an agent was pointed at it while it was down).
-    pub fn start_on(port: u16) -> Tansu {
-        Tansu::start_advertising(port, port)
-    }
-
-    /// A broker listening on `port` that tells clients to connect to `advertised` (a proxy in
-    /// front of it); `bootstrap` is the advertised address.
-    pub fn start_advertising(port: u16, advertised: u16) -> Tansu {
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(tansu_bin())
-            .current_dir(dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start tansu ({}): {e}; `make test` installs it with \
-                     cargo install tansu --locked --version 0.6.0 --features dynostore,libsql",
-                    tansu_bin().display()
-                )
-            });
-        wait_port(port, Duration::from_secs(30), "tansu");
-        Tansu {
-            child,
-            bootstrap: format!("127.0.0.1:{advertised}"),
-            _dir: dir,
-        }
-    }
-
-    /// Sends `sig` to the broker process (SIGSTOP/SIGCONT to pause it).
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(tansu_bin())
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &format!("tcp://{}", self.bootstrap),
-            ])
-            .args(["--partitions", &partitions.to_string(), name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tansu topic create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self._dir.path().join("tansu.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- tansu.log (last 40 lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A mock broker taken down while its port is held: bound but not listening, so connections
