@@ -250,3 +250,162 @@ fn three_broker_cluster_fails_over_and_refuses_writes_below_min_isr() {
     ));
     assert!(result.is_ok(), "a write with every node back: {result:?}");
 }
+
+/// The topic deleted while perapera ships to it: what the broker acknowledged before went with
+/// the topic, but nothing perapera read after is dropped. The entries wait (`/health` names the
+/// topic) and arrive once the topic exists again.
+#[test]
+fn a_topic_deleted_while_shipping_waits_and_resumes_once_recreated() {
+    let kafka = Kafka::single();
+    kafka.create_topic("shipped", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let metrics = free_port();
+    let path = config_file(
+        dir.path(),
+        &format!(
+            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n\
+             unhealthy_after = \"2s\"\n[[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n\
+             rescan_interval = \"200ms\"\n[sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\n\
+             topic = \"shipped\"\n[sink.librdkafka]\n\"topic.metadata.refresh.interval.ms\" = 1000\n\
+             \"topic.metadata.propagation.max.ms\" = 2000\n",
+            dir.path().join("state").display(),
+            logs.display(),
+            kafka.bootstrap
+        ),
+    );
+    let log = logs.join("app.log");
+    let lines =
+        |from: usize, to: usize| -> String { (from..to).map(|i| format!("line {i}\n")).collect() };
+    std::fs::write(&log, lines(0, 100)).unwrap();
+    let agent = Agent::start(&path);
+    let mut reader = Reader::new(&kafka.bootstrap, "shipped");
+    assert_eq!(reader.read_n(100, Duration::from_secs(60)), 100);
+    drop(reader);
+
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap.as_str())
+            .create()
+            .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = rdkafka::admin::AdminOptions::new();
+    let deleted = runtime
+        .block_on(admin.delete_topics(&["shipped"], &options))
+        .unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let end = Instant::now() + Duration::from_secs(30);
+    while !kafka.leaders("shipped").is_empty() {
+        assert!(Instant::now() < end, "the topic is still there");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Written while the topic is gone.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, lines(100, 300).as_bytes()))
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        match http_get(metrics, "/health") {
+            Some((503, body)) if body.contains("\"shipped\"") => break body,
+            other => assert!(
+                Instant::now() < end,
+                "/health never named the deleted topic: {other:?}\n{}",
+                agent.stderr()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(health.contains("create the topic"), "{health}");
+
+    kafka.create_topic("shipped", 1);
+    let mut reader = Reader::new(&kafka.bootstrap, "shipped");
+    reader.read_until(Duration::from_secs(90), |m| m.len() >= 200);
+    reader.drain(Duration::from_secs(1));
+    let got: std::collections::HashSet<Vec<u8>> =
+        reader.messages.iter().map(Consumed::message).collect();
+    let missing: Vec<usize> = (100..300)
+        .filter(|i| !got.contains(format!("line {i}").as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lines read while the topic was gone and not delivered: {missing:?}\n{}",
+        agent.stderr()
+    );
+    let stderr = agent.stop();
+    assert!(
+        stderr.contains("topic=\"shipped\""),
+        "the log names the topic: {stderr}"
+    );
+}
+
+/// A topic whose `max.message.bytes` (3 000) is below librdkafka's default, with
+/// `message.max.bytes` set to match as the README says: the large entry gets the oversize
+/// policy (truncate) before it is sent, librdkafka's batches stay within the topic's limit, and
+/// the small entries around it arrive unchanged.
+#[test]
+fn a_topic_limit_matched_by_message_max_bytes_truncates_only_the_large_entry() {
+    let kafka = Kafka::single();
+    kafka.create_topic_with("small", 1, &[("max.message.bytes", "3000")]);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = config_file(
+        dir.path(),
+        &format!(
+            "[state]\ndirectory = \"{}\"\n[[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n\
+             [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"small\"\n\
+             [sink.librdkafka]\n\"linger.ms\" = 50\n\"message.max.bytes\" = 3000\n",
+            dir.path().join("state").display(),
+            logs.display(),
+            kafka.bootstrap
+        ),
+    );
+    // 200 small lines around one of 8 000 bytes, all read in one batch.
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&format!("small {i}\n"));
+    }
+    // Incompressible (the broker's limit applies to the compressed batch, lz4 by default).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..8000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect();
+    text.push_str(&format!("big {noise}\n"));
+    for i in 100..200 {
+        text.push_str(&format!("small {i}\n"));
+    }
+    std::fs::write(logs.join("app.log"), text).unwrap();
+    let agent = Agent::start(&path);
+    let mut reader = Reader::new(&kafka.bootstrap, "small");
+    reader.read_until(Duration::from_secs(60), |m| m.len() >= 201);
+    reader.drain(Duration::from_secs(1));
+    let stderr = agent.stop();
+    let mut small = 0;
+    let mut big = None;
+    for m in &reader.messages {
+        let text = String::from_utf8_lossy(&m.message()).to_string();
+        if text.starts_with("small ") {
+            assert!(
+                !m.fields().contains_key("_PERAPERA_TRUNCATED"),
+                "an entry that fits was truncated: {text}"
+            );
+            small += 1;
+        } else {
+            big = Some(m.fields());
+        }
+    }
+    assert_eq!(small, 200, "every small line, unchanged\n{stderr}");
+    let big = big.unwrap_or_else(|| panic!("the large line never arrived\n{stderr}"));
+    assert!(big.contains_key("_PERAPERA_TRUNCATED"), "{big:?}");
+}
