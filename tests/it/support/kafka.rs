@@ -96,8 +96,18 @@ fn write_log_configs(dir: &Path) {
     }
 }
 
-/// A random KRaft cluster id: 16 bytes, base64url without padding (as `random-uuid` prints).
+/// A random KRaft cluster id: 16 bytes, base64url without padding (as `random-uuid` prints),
+/// not starting with `-` (the storage tool would take it for an option).
 fn cluster_id() -> String {
+    loop {
+        let id = random_id();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn random_id() -> String {
     let hex = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
     let bytes: Vec<u8> = hex
         .trim()
