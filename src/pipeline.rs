@@ -41,7 +41,7 @@ use crate::source::{Batch, SourceError};
 mod inlets;
 mod waits;
 use inlets::{share, Inlets};
-use waits::{TopicWaits, TOPIC_RETRY};
+use waits::TopicWaits;
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +192,6 @@ struct Pipeline {
     unpersisted: usize,
     /// Write the checkpoint once this many entries wait for it.
     persist_at: usize,
-    /// Bytes of entries not yet acknowledged.
-    in_flight_bytes: usize,
     /// Entries to send again: when, source, sequence.
     retry: Vec<(Instant, usize, u64)>,
     retry_at: Option<Instant>,
@@ -371,7 +369,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         in_flight: 0,
         unpersisted: 0,
         persist_at,
-        in_flight_bytes: 0,
         retry: Vec::new(),
         retry_at: None,
         topic_fallback: match &config.sink {
@@ -411,7 +408,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         let room = deadline.is_none()
             && sources_open
             && p.in_flight + batch_entries <= config.pipeline.max_in_flight
-            && p.in_flight_bytes + batch_bytes <= config.pipeline.max_in_flight_bytes;
+            && p.in_flight_bytes() + batch_bytes <= config.pipeline.max_in_flight_bytes;
         let retry_at = p.retry_at;
         tokio::select! {
             biased;
@@ -603,6 +600,11 @@ impl Pipeline {
             .is_some_and(|s| s.window.len() + batch.0 <= share.0 && s.bytes + batch.1 <= share.1)
     }
 
+    /// Bytes of entries not yet acknowledged, all sources.
+    fn in_flight_bytes(&self) -> usize {
+        self.sources.iter().map(|s| s.bytes).sum()
+    }
+
     /// Entries not yet acknowledged (or finally handled): the slots behind the watermark.
     fn unacked(&self) -> usize {
         self.in_flight - self.unpersisted
@@ -640,7 +642,6 @@ impl Pipeline {
             };
             let seq = source.window.push(slot);
             self.in_flight += 1;
-            self.in_flight_bytes += bytes;
             source.bytes += bytes;
             self.send(batch.source, seq);
         }
@@ -749,53 +750,6 @@ impl Pipeline {
         }
     }
 
-    /// The entry's topic refused it (unknown, not authorized, beyond `max_topics`): it goes
-    /// to the fallback topic if one is configured and it was not already going there (or to
-    /// the dead-letter topic), else it waits and is offered again every [`TOPIC_RETRY`].
-    fn on_topic(&mut self, src: usize, seq: u64, topic: &str, reason: String, bound: bool) {
-        let fallback = self.topic_fallback.as_deref();
-        let source = &mut self.sources[src];
-        let Some((slot, false)) = source.window.get_mut(seq) else {
-            return;
-        };
-        let reroute = fallback.filter(|f| *f != topic && !slot.dead_letter);
-        if let (Some(fallback), None) = (reroute, &slot.meant_for) {
-            slot.meant_for = Some(topic.into());
-            if let Some(w) = slot.waits_for.take() {
-                self.topic_waits.done(&w);
-            }
-            let action = if bound {
-                "rerouted_max_topics"
-            } else {
-                "rerouted_unknown_topic"
-            };
-            self.stats.failed(&source.name, action);
-            if let Some(suppressed) = self.limit.allow(action) {
-                tracing::warn!(source = %source.name, topic, fallback, %reason, suppressed,
-                    "Kafka topic cannot take entries; sending them to [sink] topic_fallback with a perapera-topic header");
-            }
-            if !bound {
-                // Refused by the broker: the topic's place in max_topics is free for another.
-                self.sink.forget_topic(topic);
-            }
-            self.schedule_retry(src, seq, Duration::ZERO);
-            return;
-        }
-        let waits = self
-            .topic_waits
-            .wait(slot.waits_for.take(), topic, reason.clone(), now_ms());
-        slot.waits_for = Some(waits);
-        let name = source.name.clone();
-        self.stats
-            .sink_failure("topic", &format!("topic {topic:?}: {reason}"));
-        if let Some(suppressed) = self.limit.allow("topic_wait") {
-            tracing::warn!(source = %name, topic, %reason, topics_waited_for = self.topic_waits.len(), suppressed,
-                "Kafka topic cannot take entries; they wait in the in-flight window and are retried every second \
-                 (create the topic, or set [sink] topic_fallback)");
-        }
-        self.schedule_retry(src, seq, TOPIC_RETRY);
-    }
-
     /// The oversize policy: an entry the sink can never accept must not stall the watermark.
     fn reject(&mut self, src: usize, seq: u64, too_large: bool, reason: String) {
         let limit = self.sink.payload_limit();
@@ -890,7 +844,6 @@ impl Pipeline {
         if source.window.complete(seq) {
             // The slot keeps its window place until a written checkpoint covers it: until then
             // a restart would send it again, and the window is the duplicate bound.
-            self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
             source.bytes = source.bytes.saturating_sub(bytes);
             if dropped.is_none() {
                 self.stats.acked(src, 1);
@@ -906,13 +859,13 @@ impl Pipeline {
 
     fn resend_due(&mut self) {
         let now = Instant::now();
-        let (mut due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
             .into_iter()
             .partition(|(at, _, _)| *at <= now);
         self.retry = later;
         self.retry_at = self.retry.iter().map(|(at, _, _)| *at).min();
         // Re-send in read order, each entry once.
-        let mut due: Vec<(usize, u64)> = due.drain(..).map(|(_, src, seq)| (src, seq)).collect();
+        let mut due: Vec<(usize, u64)> = due.into_iter().map(|(_, src, seq)| (src, seq)).collect();
         due.sort_unstable();
         due.dedup();
         for (src, seq) in due {

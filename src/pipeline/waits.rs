@@ -1,12 +1,14 @@
 //! Entries waiting for a Kafka topic that cannot take them yet (unknown to the broker, not
 //! authorized, beyond `max_topics`) when no `topic_fallback` is configured. They stay in the
 //! window and are retried every [`TOPIC_RETRY`]; this table counts them per topic, so that
-//! `/health` can name the topic once they have waited for `unhealthy_after`.
+//! `/health` can name the topic once they have waited for `unhealthy_after`. With a
+//! `topic_fallback` they go there instead ([`Pipeline::on_topic`] decides).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{now_ms, Pipeline};
 use crate::ops::metrics::TopicWait;
 
 /// How often an entry waiting for a topic is offered to it again.
@@ -97,6 +99,62 @@ impl TopicWaits {
     /// Topics waited for.
     pub fn len(&self) -> usize {
         self.by_topic.len()
+    }
+}
+
+impl Pipeline {
+    /// The entry's topic refused it (unknown, not authorized, beyond `max_topics`): it goes
+    /// to the fallback topic if one is configured and it was not already going there (or to
+    /// the dead-letter topic), else it waits and is offered again every [`TOPIC_RETRY`].
+    pub(super) fn on_topic(
+        &mut self,
+        src: usize,
+        seq: u64,
+        topic: &str,
+        reason: String,
+        bound: bool,
+    ) {
+        let fallback = self.topic_fallback.as_deref();
+        let source = &mut self.sources[src];
+        let Some((slot, false)) = source.window.get_mut(seq) else {
+            return;
+        };
+        let reroute = fallback.filter(|f| *f != topic && !slot.dead_letter);
+        if let (Some(fallback), None) = (reroute, &slot.meant_for) {
+            slot.meant_for = Some(topic.into());
+            if let Some(w) = slot.waits_for.take() {
+                self.topic_waits.done(&w);
+            }
+            let action = if bound {
+                "rerouted_max_topics"
+            } else {
+                "rerouted_unknown_topic"
+            };
+            self.stats.failed(&source.name, action);
+            if let Some(suppressed) = self.limit.allow(action) {
+                tracing::warn!(source = %source.name, topic, fallback, %reason, suppressed,
+                    "Kafka topic cannot take entries; sending them to [sink] topic_fallback with a perapera-topic header");
+            }
+            if !bound {
+                // Refused by the broker: the topic's place in max_topics is free for another.
+                self.sink.forget_topic(topic);
+            }
+            self.schedule_retry(src, seq, Duration::ZERO);
+            return;
+        }
+        let waits = self
+            .topic_waits
+            .wait(slot.waits_for.take(), topic, reason.clone(), now_ms());
+        slot.waits_for = Some(waits);
+        let name = source.name.clone();
+        self.stats
+            .sink_failure("topic", &format!("topic {topic:?}: {reason}"));
+        if let Some(suppressed) = self.limit.allow("topic_wait") {
+            tracing::warn!(source = %name, topic, %reason, topics_waited_for = self.topic_waits.len(), suppressed,
+                "Kafka topic cannot take entries; they wait in the in-flight window and are retried every second \
+                 (create the topic, or set [sink] topic_fallback)");
+        }
+        self.schedule_retry(src, seq, TOPIC_RETRY);
     }
 }
 

@@ -222,15 +222,11 @@ fn three_broker_cluster_fails_over_and_refuses_writes_below_min_isr() {
         .set("retries", "0")
         .create()
         .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     // The ISR shrinks once the followers are fenced (broker.session.timeout.ms = 4 s); until
     // then writes time out. Refused within 90 s.
     let end = Instant::now() + Duration::from_secs(90);
     loop {
-        let result = runtime.block_on(producer.send(
+        let result = block_on(producer.send(
             FutureRecord::<(), _>::to("replicated").payload("x"),
             Duration::from_secs(10),
         ));
@@ -257,7 +253,7 @@ fn three_broker_cluster_fails_over_and_refuses_writes_below_min_isr() {
     kafka.restart(controller);
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let result = runtime.block_on(producer.send(
+        let result = block_on(producer.send(
             FutureRecord::<(), _>::to("replicated").payload("after"),
             Duration::from_secs(10),
         ));
@@ -304,25 +300,7 @@ fn a_topic_deleted_while_shipping_waits_and_resumes_once_recreated() {
     assert_eq!(reader.read_n(100, Duration::from_secs(60)), 100);
     drop(reader);
 
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka.bootstrap.as_str())
-            .create()
-            .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let options = rdkafka::admin::AdminOptions::new();
-    let deleted = runtime
-        .block_on(admin.delete_topics(&["shipped"], &options))
-        .unwrap();
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
-    let end = Instant::now() + Duration::from_secs(30);
-    while !kafka.leaders("shipped").is_empty() {
-        assert!(Instant::now() < end, "the topic is still there");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    kafka.delete_topic("shipped");
     // Written while the topic is gone.
     std::fs::OpenOptions::new()
         .append(true)

@@ -7,11 +7,11 @@
 //! while the pipeline is full the listener stops reading: the senders' own buffers (and TCP)
 //! hold the backlog.
 //!
-//! One thread runs the listener on its own single-threaded tokio runtime; [`conn`] serves one
+//! One thread runs the listener on its own single-threaded tokio runtime; `conn` serves one
 //! connection. Bad input (garbage, a wrong type, a request over `max_request_bytes`, an
 //! unknown compression, a non-log `fluent_signal`, a failed handshake) closes that connection
 //! with a counted, rate-limited log line; other connections are not affected. What peers make
-//! us hold is bounded by one [`budget`] (`max_buffer_bytes`) shared by all connections. A
+//! us hold is bounded by one `budget` (`max_buffer_bytes`) shared by all connections. A
 //! connection on which no whole request arrived for `idle_timeout` is closed, and at
 //! `max_connections` the longest-idle connection with nothing awaiting an ack makes room for a
 //! new one.

@@ -463,22 +463,13 @@ broker.heartbeat.interval.ms=1000
 
     /// [`Kafka::create_topic`] with topic configs (`("max.message.bytes", "2000")`).
     pub fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .unwrap();
         let replication = self.ids().len().min(3) as i32;
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
         for (k, v) in configs {
             topic = topic.set(k, v);
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = runtime
-            .block_on(admin.create_topics([&topic], &options))
+        let results = block_on(self.admin().create_topics([&topic], &options))
             .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
         for r in results {
             if let Err((t, e)) = r {
@@ -495,6 +486,25 @@ broker.heartbeat.interval.ms=1000
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Deletes `name` and waits until the metadata no longer has it.
+    pub fn delete_topic(&self, name: &str) {
+        let results = block_on(self.admin().delete_topics(&[name], &AdminOptions::new()))
+            .unwrap_or_else(|e| panic!("delete topic {name}: {e}"));
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !self.leaders(name).is_empty() {
+            assert!(Instant::now() < end, "topic {name} still there after 30 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .unwrap()
     }
 
     /// The leader of each partition of `topic` (-1: none), as the metadata says.
@@ -652,6 +662,15 @@ fn unescape(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Runs an rdkafka future (admin calls, `FutureProducer::send`) to completion here.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
 
 fn tail(text: &str, n: usize) -> String {
