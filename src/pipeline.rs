@@ -98,6 +98,8 @@ struct Slot {
     rejections: u8,
     dead_letter: bool,
     timestamp_now: bool,
+    /// Sent in a batch of its own: the broker refused a batch holding it as too large.
+    alone: bool,
     /// Sent to the fallback topic instead of this one (its topic was unknown or over the bound).
     meant_for: Option<Box<str>>,
     /// The topic it waits for (policy "wait").
@@ -634,6 +636,7 @@ impl Pipeline {
                 rejections: 0,
                 dead_letter: false,
                 timestamp_now: false,
+                alone: false,
                 meant_for: None,
                 waits_for: None,
             };
@@ -673,6 +676,7 @@ impl Pipeline {
             topic,
             meant_for: slot.meant_for.as_deref(),
             timestamp_now: slot.timestamp_now,
+            alone: slot.alone,
         };
         match self.sink.send(out) {
             Ok(()) => {}
@@ -696,6 +700,16 @@ impl Pipeline {
                 self.finish(src, seq, None);
             }
             Err(_) if slot.attempt != attempt => {} // superseded by a re-send
+            Err(DeliveryError::TooLarge(reason)) if !slot.alone && self.sink.sends_alone() => {
+                // The broker refused the batch it was in: any entry of it may be the large one.
+                slot.alone = true;
+                self.stats.sink_failure("batch_too_large", &reason);
+                if let Some(suppressed) = self.limit.allow("batch_too_large") {
+                    tracing::warn!(source = %source.name, position = %slot.position, %reason, suppressed,
+                        "Broker refused a batch as too large (is the topic's max.message.bytes below [sink.librdkafka] message.max.bytes?); re-sending its entries one per batch, so that the oversize policy meets only an entry too large on its own");
+                }
+                self.schedule_retry(src, seq, Duration::ZERO);
+            }
             Err(e) => self.on_failure(src, seq, e),
         }
     }
@@ -779,7 +793,7 @@ impl Pipeline {
                 // First rejection: fit the client's limit. Later ones came from the broker
                 // (its topic limit is lower than ours): halve until it fits.
                 let target = match (slot.rejections, limit) {
-                    (1, Some(l)) => l,
+                    (1, Some(l)) if !slot.alone => l,
                     _ => record.msgpack().len() / 2,
                 };
                 if truncate_to(record, target) {

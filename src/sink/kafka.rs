@@ -129,22 +129,60 @@ pub fn classify(e: &KafkaError, topic: &str) -> DeliveryError {
 pub struct KafkaSink {
     config: KafkaConfig,
     acks: mpsc::UnboundedSender<Ack>,
-    /// Declared before `producer`: topic handles are released before the producer they
-    /// belong to is destroyed.
-    topics: Topics,
-    producer: ThreadedProducer<Context>,
+    client: Client,
+    /// Sends entries one per batch: those of a batch the broker refused as too large (its
+    /// topic's `max.message.bytes` is below ours), so that only an entry that is too large
+    /// alone meets the oversize policy. Made on first need.
+    alone: Option<Client>,
     topic: String,
     position: String,
     key: String,
 }
 
+/// A producer and its topic handles.
+struct Client {
+    /// Declared before `producer`: topic handles are released before the producer they
+    /// belong to is destroyed.
+    topics: Topics,
+    producer: ThreadedProducer<Context>,
+}
+
+impl Client {
+    /// `alone`: one message per batch (`batch.num.messages = 1`), no topic bound (its
+    /// entries already hold a place in the main client's).
+    fn new(
+        config: &KafkaConfig,
+        acks: &mpsc::UnboundedSender<Ack>,
+        alone: bool,
+    ) -> Result<Client, String> {
+        let producer = create(config, acks, alone)?;
+        let max = if alone { usize::MAX } else { config.max_topics };
+        Ok(Client {
+            topics: Topics::new(max),
+            producer,
+        })
+    }
+
+    fn flush(&mut self, timeout: Duration) {
+        self.topics.clear();
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(),
+                "Kafka flush did not complete; unacknowledged entries will be re-sent on restart");
+        }
+    }
+}
+
 fn create(
     config: &KafkaConfig,
     acks: &mpsc::UnboundedSender<Ack>,
+    alone: bool,
 ) -> Result<ThreadedProducer<Context>, String> {
     let mut cc = ClientConfig::new();
     for (k, v) in &config.librdkafka {
         cc.set(k, v);
+    }
+    if alone {
+        cc.set("batch.num.messages", "1");
     }
     cc.set_log_level(RDKafkaLogLevel::Warning);
     let context = Context {
@@ -158,13 +196,12 @@ fn create(
 impl KafkaSink {
     /// Creates the producer (no network round trip: librdkafka connects in the background).
     pub fn new(config: KafkaConfig, acks: mpsc::UnboundedSender<Ack>) -> Result<KafkaSink, String> {
-        let producer = create(&config, &acks)?;
-        let max = config.max_topics;
+        let client = Client::new(&config, &acks, false)?;
         Ok(KafkaSink {
             config,
             acks,
-            topics: Topics::new(max),
-            producer,
+            client,
+            alone: None,
             topic: String::new(),
             position: String::new(),
             key: String::new(),
@@ -216,9 +253,20 @@ impl KafkaSink {
             }
             None => None,
         };
-        let rk = self.producer.client().native_ptr();
+        let client = match (out.alone, &mut self.alone) {
+            (false, _) => &mut self.client,
+            (true, Some(c)) => c,
+            (true, alone @ None) => {
+                tracing::info!("Starting a second Kafka producer that sends one entry per batch, for the entries of batches the broker refused as too large");
+                let c = Client::new(&self.config, &self.acks, true)
+                    .map_err(|e| SendError::Failed(DeliveryError::Retriable(e)))?;
+                alone.insert(c)
+            }
+        };
+        let rk = client.producer.client().native_ptr();
         // The dead-letter and fallback topics are the operator's: they come on top of the bound.
-        let topic = match self.topics.get(rk, &self.topic, out.topic.is_none()) {
+        let counted = out.topic.is_none() && !out.alone;
+        let topic = match client.topics.get(rk, &self.topic, counted) {
             Ok(t) => t,
             Err(Refused::Bound(n)) => {
                 return Err(SendError::Failed(DeliveryError::Topic {
@@ -262,35 +310,38 @@ impl KafkaSink {
     /// Gives up the place of a topic the broker does not have (its entries went elsewhere), so
     /// that topics named by junk cannot crowd real ones out of `max_topics`.
     pub fn forget_topic(&mut self, name: &str) {
-        self.topics.forget(name);
+        self.client.topics.forget(name);
+        if let Some(alone) = &mut self.alone {
+            alone.topics.forget(name);
+        }
     }
 
     /// Distinct topics produced to recently (the ones `max_topics` counts, plus the
     /// operator's fallback and dead-letter topics once used).
     pub fn topics_in_use(&self) -> usize {
-        self.topics.handles.len()
+        self.client.topics.handles.len()
     }
 
     /// Replaces the producer after a fatal error. The old one is dropped, which purges what it
     /// still held; those entries are re-sent by the pipeline.
     pub fn recreate(&mut self) -> Result<(), String> {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            tracing::error!(?code, reason, "Kafka producer hit a fatal error; recreating it and re-sending every unacknowledged entry");
+        for client in std::iter::once(&self.client).chain(&self.alone) {
+            if let Some((code, reason)) = client.producer.client().fatal_error() {
+                tracing::error!(?code, reason, "Kafka producer hit a fatal error; recreating it and re-sending every unacknowledged entry");
+            }
         }
-        let fresh = create(&self.config, &self.acks)?;
-        // Topic handles belong to the producer that made them.
-        self.topics.clear();
-        let old = std::mem::replace(&mut self.producer, fresh);
-        drop(old);
+        let fresh = Client::new(&self.config, &self.acks, false)?;
+        // The old clients are dropped (topic handles first), purging what they held.
+        self.alone = None;
+        self.client = fresh;
         Ok(())
     }
 
-    /// Flushes (waits for delivery reports) before the producer is dropped: dropping purges.
+    /// Flushes (waits for delivery reports) before the producers are dropped: dropping purges.
     pub fn close(mut self, timeout: Duration) {
-        self.topics.clear();
-        if let Err(e) = self.producer.flush(timeout) {
-            tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(),
-                "Kafka flush did not complete; unacknowledged entries will be re-sent on restart");
+        self.client.flush(timeout);
+        if let Some(alone) = &mut self.alone {
+            alone.flush(timeout);
         }
     }
 }

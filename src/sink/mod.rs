@@ -79,6 +79,9 @@ pub struct Outgoing<'a> {
     pub meant_for: Option<&'a str>,
     /// Use the current time as the Kafka timestamp (the broker rejected the entry's).
     pub timestamp_now: bool,
+    /// Send it in a batch of its own (Kafka: the broker refused a batch holding it as too
+    /// large, and only an entry refused alone is too large).
+    pub alone: bool,
 }
 
 /// The configured sink.
@@ -134,6 +137,12 @@ impl Sink {
             Sink::Kafka(s) => s.topics_in_use(),
             Sink::Stdout(_) | Sink::Forward(_) => 0,
         }
+    }
+
+    /// Whether the sink can send an entry alone when the broker refused its batch as too
+    /// large (Kafka), so that the oversize policy meets only the entry that is too large.
+    pub fn sends_alone(&self) -> bool {
+        matches!(self, Sink::Kafka(_))
     }
 
     /// Largest encoded entry this sink accepts, if it has a limit.

@@ -396,6 +396,23 @@ impl Tailer {
             let unsure = unknown.iter().any(|d| t.path.starts_with(d));
             t.matched = seen.contains(key) || (unsure && t.matched);
         }
+        // A rotated file is not found by the globs any more, but it can still be truncated
+        // under us (copytruncate, then renamed and written before we looked): check it here,
+        // as rescan_tracked checks the files the globs find.
+        let rewritten: Vec<(u64, u64)> = self
+            .files
+            .iter_mut()
+            .filter(|(_, t)| !t.matched)
+            .filter_map(|(key, t)| {
+                let fed = t.lines.fed_offset();
+                let f = t.file.as_mut()?;
+                let shrank = f.metadata().is_ok_and(|m| m.len() < fed);
+                (shrank || !t.id.matches(f).unwrap_or(true)).then_some(*key)
+            })
+            .collect();
+        for key in rewritten {
+            self.truncated(key);
+        }
         let unreadable: HashSet<String> = unknown.iter().map(|d| d.display().to_string()).collect();
         self.reported
             .0
@@ -1945,6 +1962,46 @@ mod tests {
         // Duplicates are allowed here (at-least-once); their bound after SIGKILL is shown
         // end to end. Rotation sequences with inode reuse can repeat a few lines.
         Ok(())
+    }
+
+    /// Found by the model: the copy of a copytruncated file is renamed away before any scan
+    /// saw the copy (its lines were read through the live file's tailer).
+    #[test]
+    fn model_case_copytruncate_then_rename_loses_nothing() {
+        use Op::*;
+        run(vec![
+            Write {
+                file: 1,
+                lines: 3,
+                unfinished: false,
+            },
+            Rename { file: 1, late: 2 },
+            Write {
+                file: 2,
+                lines: 4,
+                unfinished: false,
+            },
+            Write {
+                file: 0,
+                lines: 2,
+                unfinished: false,
+            },
+            Step {
+                turns: 1,
+                batch: 11,
+            },
+            CopyTruncate {
+                file: 0,
+                rng_scan: false,
+            },
+            Write {
+                file: 2,
+                lines: 11,
+                unfinished: false,
+            },
+            Rename { file: 0, late: 2 },
+        ])
+        .unwrap();
     }
 
     proptest! {

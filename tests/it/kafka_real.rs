@@ -348,23 +348,53 @@ fn a_topic_deleted_while_shipping_waits_and_resumes_once_recreated() {
 /// the small entries around it arrive unchanged.
 #[test]
 fn a_topic_limit_matched_by_message_max_bytes_truncates_only_the_large_entry() {
+    let (_, metrics) = large_line_among_small_ones(Some(3000));
+    assert!(
+        !metrics.contains("reason=\"batch_too_large\""),
+        "librdkafka's batches fit the topic's limit: {metrics}"
+    );
+}
+
+/// The same topic with the client's default `message.max.bytes` (1 MB): the broker refuses the
+/// whole batch that holds the large entry. Its entries are re-sent one per batch, so the small
+/// ones arrive unchanged and only the large one is truncated (halved until the broker takes it).
+#[test]
+fn a_topic_limit_below_the_clients_truncates_only_the_large_entry() {
+    let (stderr, metrics) = large_line_among_small_ones(None);
+    assert!(
+        metrics.contains("perapera_sink_retries_total{sink=\"kafka\",reason=\"batch_too_large\"}"),
+        "the refused batch is counted: {metrics}"
+    );
+    assert!(
+        stderr.contains("re-sending its entries one per batch"),
+        "the log says what happened: {stderr}"
+    );
+}
+
+/// 200 small lines around one incompressible line of 8 000 bytes, all read in one batch, into
+/// a topic with `max.message.bytes = 3000`; `client_limit` sets `message.max.bytes`. Asserts
+/// that every small line arrives unchanged and the large one truncated and marked; returns
+/// perapera's log and its last `/metrics`.
+fn large_line_among_small_ones(client_limit: Option<usize>) -> (String, String) {
     let kafka = Kafka::single();
     kafka.create_topic_with("small", 1, &[("max.message.bytes", "3000")]);
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
+    let port = free_port();
+    let limit = client_limit.map_or(String::new(), |l| format!("\"message.max.bytes\" = {l}\n"));
     let path = config_file(
         dir.path(),
         &format!(
-            "[state]\ndirectory = \"{}\"\n[[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n\
+            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n\
+             [[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n\
              [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"small\"\n\
-             [sink.librdkafka]\n\"linger.ms\" = 50\n\"message.max.bytes\" = 3000\n",
+             [sink.librdkafka]\n\"linger.ms\" = 50\n{limit}",
             dir.path().join("state").display(),
             logs.display(),
             kafka.bootstrap
         ),
     );
-    // 200 small lines around one of 8 000 bytes, all read in one batch.
     let mut text = String::new();
     for i in 0..100 {
         text.push_str(&format!("small {i}\n"));
@@ -385,11 +415,13 @@ fn a_topic_limit_matched_by_message_max_bytes_truncates_only_the_large_entry() {
     }
     std::fs::write(logs.join("app.log"), text).unwrap();
     let agent = Agent::start(&path);
+    wait_port(port, Duration::from_secs(30), "the metrics endpoint");
     let mut reader = Reader::new(&kafka.bootstrap, "small");
     reader.read_until(Duration::from_secs(60), |m| m.len() >= 201);
     reader.drain(Duration::from_secs(1));
+    let metrics = http_get(port, "/metrics").map_or(String::new(), |(_, body)| body);
     let stderr = agent.stop();
-    let mut small = 0;
+    let mut small = std::collections::BTreeMap::new();
     let mut big = None;
     for m in &reader.messages {
         let text = String::from_utf8_lossy(&m.message()).to_string();
@@ -398,12 +430,13 @@ fn a_topic_limit_matched_by_message_max_bytes_truncates_only_the_large_entry() {
                 !m.fields().contains_key("_PERAPERA_TRUNCATED"),
                 "an entry that fits was truncated: {text}"
             );
-            small += 1;
+            *small.entry(text).or_insert(0) += 1;
         } else {
             big = Some(m.fields());
         }
     }
-    assert_eq!(small, 200, "every small line, unchanged\n{stderr}");
+    assert_eq!(small.len(), 200, "every small line, unchanged\n{stderr}");
     let big = big.unwrap_or_else(|| panic!("the large line never arrived\n{stderr}"));
     assert!(big.contains_key("_PERAPERA_TRUNCATED"), "{big:?}");
+    (stderr, metrics)
 }
