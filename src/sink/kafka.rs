@@ -50,6 +50,11 @@ impl Context {
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "FAIL" {
+            // A broker connection failed: the error callback reports the same, with advice.
+            tracing::debug!(facility = fac, "librdkafka: {message}");
+            return;
+        }
         let Some(suppressed) = self.allow(fac) else {
             return;
         };
@@ -68,14 +73,39 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let cause = format!("{:?}", error.rdkafka_error_code());
-        if let Some(suppressed) = self.allow(&cause) {
-            tracing::warn!(error = %error, suppressed,
-                "Kafka client error (entries stay in flight and are retried): {reason}");
+        let code = error.rdkafka_error_code();
+        let cause = format!("{code:?}");
+        let Some(suppressed) = self.allow(&cause) else {
+            return;
+        };
+        match misconfigured(code) {
+            Some(hint) => tracing::error!(error = %error, suppressed,
+                "{hint}; entries stay in flight and are retried, nothing is dropped: {reason}"),
+            None => tracing::warn!(error = %error, suppressed,
+                "Kafka client error (entries stay in flight and are retried): {reason}"),
         }
     }
 
     fn stats_raw(&self, _statistics: &[u8]) {}
+}
+
+/// What the operator must fix when the client cannot get through for a reason of the
+/// configuration (credentials, TLS), rather than an unreachable broker.
+fn misconfigured(code: Option<RDKafkaErrorCode>) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    match code? {
+        C::Authentication | C::SaslAuthenticationFailed => Some(
+            "The Kafka broker refused perapera's credentials: check \"sasl.mechanisms\", \
+             \"sasl.username\" and \"sasl.password\" in [sink.librdkafka] against the user on \
+             the broker",
+        ),
+        C::SSL => Some(
+            "TLS with the broker failed: check \"ssl.ca.location\" in [sink.librdkafka] (the \
+             CA that signed the broker's certificate) and that the certificate names the host \
+             in `brokers`",
+        ),
+        _ => None,
+    }
 }
 
 /// What travels with a message through librdkafka: the pipeline's id, and a reference to the

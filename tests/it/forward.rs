@@ -283,33 +283,11 @@ fn forward_sink_to_own_source_and_to_a_misbehaving_receiver_loses_nothing() {
     );
 }
 
-/// A CA and a server certificate for `localhost` signed by it, as PEM files in `dir`.
-fn make_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[test]
 fn shared_key_handshake_over_tls_with_a_ca_made_here() {
     const LINES: usize = 2_000;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_ca(dir.path());
+    let Certs { ca, cert, key } = make_ca(dir.path(), "", &["localhost"]);
     let port = free_port();
     let receiver = forward_config(
         &dir.path().join("recv"),

@@ -14,5 +14,6 @@ mod kafka_real;
 mod limits;
 mod ops;
 mod packaging;
+mod security;
 mod support;
 mod topics;

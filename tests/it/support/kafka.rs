@@ -151,30 +151,53 @@ pub struct Kafka {
     nodes: Vec<Node>,
     /// `host:port` of every node.
     pub bootstrap: String,
+    /// The SASL_SSL listener, if started with one ([`Kafka::single_secure`]).
+    pub secure: Option<Secure>,
     _dir: tempfile::TempDir,
 }
+
+/// A SASL_SSL listener (beside the plaintext one the harness's own tools use): a server
+/// certificate for 127.0.0.1 signed by a CA made for the test, SCRAM-SHA-512 and PLAIN users.
+pub struct Secure {
+    /// `127.0.0.1:port` of the SASL_SSL listener.
+    pub bootstrap: String,
+    /// The CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// A CA that did not.
+    pub other_ca: PathBuf,
+}
+
+/// The SASL user the secure listener knows (SCRAM-SHA-512 and PLAIN) and its password.
+pub const SASL_USER: &str = "perapera";
+pub const SASL_PASSWORD: &str = "ship-it-2026";
 
 impl Kafka {
     /// One node.
     pub fn single() -> Kafka {
-        Kafka::start(&[free_port()], 0)
+        Kafka::start(&[free_port()], 0, false)
+    }
+
+    /// One node with a SASL_SSL listener too ([`Kafka::secure`]).
+    pub fn single_secure() -> Kafka {
+        Kafka::start(&[free_port()], 0, true)
     }
 
     /// One node listening on `port`, chosen beforehand (an agent was pointed at it while it
     /// was down).
     pub fn single_on(port: u16) -> Kafka {
-        Kafka::start(&[port], 0)
+        Kafka::start(&[port], 0, false)
     }
 
     /// Three brokers (ids 1, 2, 3: replication factor 3, `min.insync.replicas=2`) and three
     /// controllers of their own (ids 101, 102, 103), so that two brokers can be down while the
     /// controller quorum shrinks the ISR below `min.insync.replicas`.
     pub fn cluster() -> Kafka {
-        Kafka::start(&[free_port(), free_port(), free_port()], 3)
+        Kafka::start(&[free_port(), free_port(), free_port()], 3, false)
     }
 
-    fn start(broker_ports: &[u16], controllers: usize) -> Kafka {
+    fn start(broker_ports: &[u16], controllers: usize, secure: bool) -> Kafka {
         let dir = tempfile::tempdir().unwrap();
+        let secure = secure.then(|| secure_listener(dir.path()));
         let replicas = broker_ports.len().min(3);
         let min_isr = if replicas >= 3 { 2 } else { 1 };
         // (id, client port, controller port): combined nodes 1.., or brokers 1.. and
@@ -223,12 +246,21 @@ broker.heartbeat.interval.ms=1000
         );
         let mut specs: Vec<(u32, u16, bool, String)> = Vec::new();
         for (id, port, controller) in &plan {
+            let mut advertised = format!("PLAINTEXT://127.0.0.1:{port}");
+            let mut extra = String::new();
+            if let (Some((s, props)), 1) = (&secure, id) {
+                advertised.push_str(&format!(
+                    ",{}",
+                    s.bootstrap.replacen("127", "SASL_SSL://127", 1)
+                ));
+                extra.push_str(props);
+            }
             let (roles, listeners) = match controller {
                 Some(c) => (
                     "broker,controller",
-                    format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{c}"),
+                    format!("{advertised},CONTROLLER://127.0.0.1:{c}"),
                 ),
-                None => ("broker", format!("PLAINTEXT://127.0.0.1:{port}")),
+                None => ("broker", advertised.clone()),
             };
             specs.push((
                 *id,
@@ -236,8 +268,8 @@ broker.heartbeat.interval.ms=1000
                 false,
                 format!(
                     "process.roles={roles}\nnode.id={id}\nlisteners={listeners}\n\
-                     advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-                     inter.broker.listener.name=PLAINTEXT\n"
+                     advertised.listeners={advertised}\n\
+                     inter.broker.listener.name=PLAINTEXT\n{extra}"
                 ),
             ));
         }
@@ -260,16 +292,25 @@ broker.heartbeat.interval.ms=1000
         for (id, port, controller, roles) in specs {
             let node_dir = dir.path().join(format!("n{id}"));
             std::fs::create_dir_all(&node_dir).unwrap();
+            // The node's own lines last: they override the common ones (a later key wins).
             let props = format!(
-                "{roles}{common}log.dirs={}\n",
+                "{common}{roles}log.dirs={}\n",
                 node_dir.join("data").display()
             );
             std::fs::write(node_dir.join("server.properties"), props).unwrap();
             // A static quorum (controller.quorum.voters): formatted without a quorum flag.
+            let mut format = kafka_java(&node_dir, Heap::Tool);
+            format
+                .args(["kafka.tools.StorageTool", "format", "-t", &cluster, "-c"])
+                .arg(node_dir.join("server.properties"));
+            if secure.is_some() {
+                // The SCRAM credential, in the cluster metadata from the start.
+                format.arg("--add-scram").arg(format!(
+                    "SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"
+                ));
+            }
             formats.push(
-                kafka_java(&node_dir, Heap::Tool)
-                    .args(["kafka.tools.StorageTool", "format", "-t", &cluster, "-c"])
-                    .arg(node_dir.join("server.properties"))
+                format
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -300,6 +341,7 @@ broker.heartbeat.interval.ms=1000
         let mut kafka = Kafka {
             nodes,
             bootstrap,
+            secure: secure.map(|(s, _)| s),
             _dir: dir,
         };
         // All at once: each node waits for a controller majority before it is ready.
@@ -695,4 +737,35 @@ impl Drop for Kafka {
             }
         }
     }
+}
+
+/// Certificates for a SASL_SSL listener on a free port, and the broker properties that make
+/// it (they override the common listener map).
+fn secure_listener(dir: &Path) -> (Secure, String) {
+    let certs = super::make_ca(dir, "", &["127.0.0.1", "localhost"]);
+    let other = super::make_ca(dir, "other-", &["127.0.0.1", "localhost"]);
+    // Kafka's PEM key store: the private key (PKCS#8) and the certificate chain in one file.
+    let store = dir.join("broker-keystore.pem");
+    let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+    std::fs::write(&store, pem(&certs.key) + &pem(&certs.cert)).unwrap();
+    let port = free_port();
+    let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+    let plain = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required \
+         user_{SASL_USER}=\"{SASL_PASSWORD}\";"
+    );
+    let props = format!(
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL\n\
+         sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN\n\
+         listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}\n\
+         listener.name.sasl_ssl.plain.sasl.jaas.config={plain}\n\
+         ssl.keystore.type=PEM\nssl.keystore.location={}\n",
+        store.display()
+    );
+    let secure = Secure {
+        bootstrap: format!("127.0.0.1:{port}"),
+        ca: certs.ca,
+        other_ca: other.ca,
+    };
+    (secure, props)
 }

@@ -14,7 +14,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+pub mod certs;
 pub mod kafka;
+pub use certs::*;
 pub use kafka::*;
 
 pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
