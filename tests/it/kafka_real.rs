@@ -440,3 +440,85 @@ fn large_line_among_small_ones(client_limit: Option<usize>) -> (String, String) 
     assert!(big.contains_key("_PERAPERA_TRUNCATED"), "{big:?}");
     (stderr, metrics)
 }
+
+/// What a broker restart can really produce for the idempotent producer: a single replica
+/// whose host crashed loses the tail of its log that was never fsynced (Kafka leaves that to
+/// the page cache), acknowledged batches included. The producer's next sequence numbers are then
+/// ahead of what the broker kept: OUT_OF_ORDER_SEQUENCE_NUMBER, which librdkafka makes a
+/// fatal error (measured against Kafka 4.1.1, with and without `enable.gapless.guarantee`).
+/// perapera recreates the producer and re-sends every unacknowledged entry: nothing that was not
+/// acknowledged is lost, and the new producer keeps shipping. (What the broker acknowledged and
+/// then lost is gone for every shipper: replication is the remedy, the chaos test's.)
+#[test]
+fn a_broker_that_lost_its_log_tail_makes_the_producer_fatal_and_it_is_recreated() {
+    let mut kafka = Kafka::single();
+    kafka.create_topic("idem", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let port = free_port();
+    let path = config_file(
+        dir.path(),
+        &format!(
+            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n\
+             [[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\nrescan_interval = \"200ms\"\n\
+             [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"idem\"\n\
+             [sink.librdkafka]\n\"batch.num.messages\" = 10\n",
+            dir.path().join("state").display(),
+            logs.display(),
+            kafka.bootstrap
+        ),
+    );
+    let log = logs.join("app.log");
+    let lines =
+        |from: usize, to: usize| -> String { (from..to).map(|i| format!("line {i}\n")).collect() };
+    let append = |text: String| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .unwrap()
+    };
+    std::fs::write(&log, lines(0, 100)).unwrap();
+    let agent = Agent::start(&path);
+    let mut reader = Reader::new(&kafka.bootstrap, "idem");
+    assert_eq!(reader.read_n(100, Duration::from_secs(60)), 100);
+    drop(reader);
+    kafka.kill(1);
+    // Ten batches of ten: the broker keeps the first three.
+    kafka.lose_tail(1, "idem", 0, 30);
+    kafka.restart(1);
+    append(lines(100, 200));
+    let recreated = agent.wait_log("recreating it and re-sending", Duration::from_secs(60));
+    assert!(
+        recreated,
+        "the producer was not recreated\n{}",
+        agent.stderr()
+    );
+    append(lines(200, 250));
+    let mut reader = Reader::new(&kafka.bootstrap, "idem");
+    reader.read_until(Duration::from_secs(60), |m| m.len() >= 180);
+    reader.drain(Duration::from_secs(2));
+    let metrics = http_get(port, "/metrics").map_or(String::new(), |(_, body)| body);
+    let stderr = agent.stop();
+    let mut got = std::collections::HashMap::new();
+    for m in &reader.messages {
+        *got.entry(String::from_utf8_lossy(&m.message()).to_string())
+            .or_insert(0usize) += 1;
+    }
+    let missing: Vec<usize> = (0..30)
+        .chain(100..250)
+        .filter(|i| !got.contains_key(&format!("line {i}")))
+        .collect();
+    assert!(missing.is_empty(), "lost {missing:?}\n{stderr}");
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    assert!(duplicates <= 100, "{duplicates} duplicates\n{stderr}");
+    assert!(
+        stderr.contains("OutOfOrderSequenceNumber"),
+        "the log names the broker's answer: {stderr}"
+    );
+    assert!(
+        metrics.contains("reason=\"fatal\"} 1"),
+        "one fatal error, one new producer: {metrics}"
+    );
+}

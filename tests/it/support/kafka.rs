@@ -174,28 +174,33 @@ pub const SASL_PASSWORD: &str = "ship-it-2026";
 impl Kafka {
     /// One node.
     pub fn single() -> Kafka {
-        Kafka::start(&[free_port()], 0, false)
+        Kafka::start(&[free_port()], 0, false, "")
+    }
+
+    /// One node with these broker properties (`key=value` lines) on top of the harness's.
+    pub fn single_with(properties: &str) -> Kafka {
+        Kafka::start(&[free_port()], 0, false, properties)
     }
 
     /// One node with a SASL_SSL listener too ([`Kafka::secure`]).
     pub fn single_secure() -> Kafka {
-        Kafka::start(&[free_port()], 0, true)
+        Kafka::start(&[free_port()], 0, true, "")
     }
 
     /// One node listening on `port`, chosen beforehand (an agent was pointed at it while it
     /// was down).
     pub fn single_on(port: u16) -> Kafka {
-        Kafka::start(&[port], 0, false)
+        Kafka::start(&[port], 0, false, "")
     }
 
     /// Three brokers (ids 1, 2, 3: replication factor 3, `min.insync.replicas=2`) and three
     /// controllers of their own (ids 101, 102, 103), so that two brokers can be down while the
     /// controller quorum shrinks the ISR below `min.insync.replicas`.
     pub fn cluster() -> Kafka {
-        Kafka::start(&[free_port(), free_port(), free_port()], 3, false)
+        Kafka::start(&[free_port(), free_port(), free_port()], 3, false, "")
     }
 
-    fn start(broker_ports: &[u16], controllers: usize, secure: bool) -> Kafka {
+    fn start(broker_ports: &[u16], controllers: usize, secure: bool, extra: &str) -> Kafka {
         let dir = tempfile::tempdir().unwrap();
         let secure = secure.then(|| secure_listener(dir.path()));
         let replicas = broker_ports.len().min(3);
@@ -247,7 +252,7 @@ broker.heartbeat.interval.ms=1000
         let mut specs: Vec<(u32, u16, bool, String)> = Vec::new();
         for (id, port, controller) in &plan {
             let mut advertised = format!("PLAINTEXT://127.0.0.1:{port}");
-            let mut extra = String::new();
+            let mut extra = format!("{extra}\n");
             if let (Some((s, props)), 1) = (&secure, id) {
                 advertised.push_str(&format!(
                     ",{}",
@@ -565,6 +570,52 @@ broker.heartbeat.interval.ms=1000
                     .map(|t| t.partitions().iter().map(|p| p.leader()).collect())
             })
             .unwrap_or_default()
+    }
+
+    /// What a crash of a broker's host does to a single replica (Kafka does not fsync): the
+    /// stopped node `id` loses every batch of `topic`-`partition` from offset `from` on, its
+    /// producer-state snapshots and indexes with them (rebuilt from the log at start).
+    pub fn lose_tail(&self, id: u32, topic: &str, partition: i32, from: i64) {
+        let i = self.index(id);
+        assert!(self.nodes[i].child.is_none(), "node {id} is running");
+        let dir = self.nodes[i]
+            .dir
+            .join("data")
+            .join(format!("{topic}-{partition}"));
+        let segment = dir.join("00000000000000000000.log");
+        let out = self.tool(
+            "kafka.tools.DumpLogSegments",
+            &["--files", &segment.display().to_string()],
+        );
+        let field = |line: &str, name: &str| -> Option<u64> {
+            let rest = &line[line.find(name)? + name.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        let cut = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| Some((field(l, "baseOffset: ")?, field(l, "position: ")?)))
+            .find(|(base, _)| *base as i64 >= from)
+            .map(|(_, position)| position)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no batch at or after offset {from} in {}",
+                    segment.display()
+                )
+            });
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .and_then(|f| f.set_len(cut))
+            .unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path
+                .extension()
+                .is_some_and(|x| x == "snapshot" || x == "index" || x == "timeindex")
+            {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
     }
 
     /// The record batches of `topic`'s `partition` in broker `id`'s log, as Kafka's
