@@ -7,7 +7,9 @@ invocation id, capabilities), stdout, native and syslog transports, a varied MES
 30 to 300 bytes (one in a hundred multi-line, so binary export framing is exercised), and
 CODE_* / MESSAGE_ID on native entries. Deterministic for a given seed.
 
-Usage: gen_journal.py ENTRIES [SEED] | systemd-journal-remote --output=DIR/bench.journal -
+With `small`, entries as a quiet service logs them: 10 fields, a MESSAGE of 40 to 120 bytes.
+
+Usage: gen_journal.py ENTRIES [SEED] [small] | systemd-journal-remote --output=DIR/bench.journal -
 """
 import random
 import struct
@@ -15,6 +17,7 @@ import sys
 
 N = int(sys.argv[1])
 rng = random.Random(int(sys.argv[2]) if len(sys.argv) > 2 else 7)
+SMALL = len(sys.argv) > 3 and sys.argv[3] == "small"
 out = sys.stdout.buffer
 
 BOOT = "3f1c0e9a5b7d4e2f9a8b6c5d4e3f2a1b"
@@ -101,6 +104,22 @@ for n in range(N):
     realtime += step
     monotonic += step
     svc = rng.choices(SERVICES, WEIGHTS)[0]
+    if SMALL:
+        field("__REALTIME_TIMESTAMP", str(realtime))
+        field("__MONOTONIC_TIMESTAMP", str(monotonic))
+        field("_BOOT_ID", BOOT)
+        field("_HOSTNAME", HOST)
+        field("_TRANSPORT", svc["transport"])
+        field("PRIORITY", str(rng.choice([6, 6, 6, 6, 5, 4, 3, 7])))
+        field("SYSLOG_IDENTIFIER", svc["comm"])
+        field("_PID", str(svc["pid"]))
+        field("_UID", str(svc["uid"]))
+        field("_COMM", svc["comm"][:15])
+        field("_SYSTEMD_UNIT", svc["unit"])
+        text = " ".join(rng.choice(WORDS) for _ in range(24))
+        field("MESSAGE", text[:rng.randrange(40, 121)].strip())
+        out.write(b"\n")
+        continue
     field("__REALTIME_TIMESTAMP", str(realtime))
     field("__MONOTONIC_TIMESTAMP", str(monotonic))
     field("_BOOT_ID", BOOT)

@@ -317,12 +317,22 @@ impl FileOffsets {
         self.files.values()
     }
 
-    /// Applies news from the files source.
-    pub fn on_event(&mut self, event: FileEvent, now_ms: u64) {
+    /// Applies news from the files source; true if the checkpoint it makes changed (a scan
+    /// that found the same files changes nothing on disk: their `seen_at_ms` is refreshed in
+    /// memory, and the first scan after a restart refreshes it again before anything is
+    /// forgotten).
+    pub fn on_event(&mut self, event: FileEvent, now_ms: u64) -> bool {
         match event {
-            FileEvent::Start { file, offset } => self.entry(&file, now_ms).offset = offset,
+            FileEvent::Start { file, offset } => {
+                let before = self.files.get(&file.key).cloned();
+                let e = self.entry(&file, now_ms);
+                e.offset = offset;
+                before.as_ref() != Some(e)
+            }
             FileEvent::Identity(file) => {
-                self.entry(&file, now_ms);
+                let before = self.files.get(&file.key).cloned();
+                let e = self.entry(&file, now_ms);
+                before.as_ref() != Some(e)
             }
             FileEvent::Seen(keys) => {
                 self.scanned = true;
@@ -331,6 +341,7 @@ impl FileOffsets {
                         e.seen_at_ms = now_ms;
                     }
                 }
+                false
             }
         }
     }

@@ -401,7 +401,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     // Part of shutdown_timeout is kept for the final checkpoint write, the producer's flush and
     // its drop, so that the process is gone within shutdown_timeout.
     let close_reserve = (config.pipeline.shutdown_timeout / 5).min(Duration::from_secs(1));
-    let mut next_checkpoint = Instant::now() + interval;
+    // Armed only while a position waits to be written: idle, nothing wakes for it.
+    let mut next_checkpoint: Option<Instant> = None;
+    // The last write (attempt): after a start the first advance is written at once, then at
+    // most every `interval`, so a process killed soon after it started re-sends at most what
+    // was in flight, not everything since it started.
+    let mut last_write: Option<Instant> = None;
+    // Whether a write has covered an acknowledged advance yet: a write of file events alone
+    // (where reading starts) does not use up the first advance's.
+    let mut advance_written = false;
     let mut deadline: Option<Instant> = None;
     let mut sources_open = true;
     let mut result = Ok(());
@@ -441,9 +449,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 p.resend_due();
             }
             () = sleep_until(next_tick) => {}
-            () = sleep_until(next_checkpoint) => {
-                p.write_checkpoint();
-                next_checkpoint = Instant::now() + interval.max(Duration::from_millis(10));
+            () = sleep_until(next_checkpoint.unwrap_or_else(Instant::now)), if next_checkpoint.is_some() => {
+                next_checkpoint = None;
             }
             () = sleep_until(deadline.map_or_else(Instant::now, |d| d.checked_sub(close_reserve).unwrap_or(d))), if deadline.is_some() => {
                 tracing::warn!(unacknowledged = p.unacked(),
@@ -464,8 +471,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 break;
             }
         }
-        if interval.is_zero() || p.unpersisted >= p.persist_at {
-            p.write_checkpoint();
+        if p.sources.iter().any(|s| s.dirty) {
+            let now = Instant::now();
+            let due = last_write.map_or(now, |t| t + interval);
+            let first_advance = !advance_written && p.unpersisted > 0;
+            if now >= due || first_advance || p.unpersisted >= p.persist_at {
+                advance_written |= p.unpersisted > 0;
+                p.write_checkpoint();
+                last_write = Some(now);
+                next_checkpoint = None;
+            } else if next_checkpoint.is_none() {
+                next_checkpoint = Some(due);
+            }
         }
         // Liveness: checked on every pass (a busy loop must not starve the watchdog), so a
         // WATCHDOG=1 means this loop really runs.
@@ -618,10 +635,9 @@ impl Pipeline {
             if let Some(source) = self.sources.get_mut(batch.source) {
                 if let Acked::Files(files) = &mut source.acked {
                     for event in batch.events {
-                        files.on_event(event, now);
+                        source.dirty |= files.on_event(event, now);
                     }
                 }
-                source.dirty = true;
             }
         }
         for mut record in batch.records {

@@ -8,6 +8,7 @@ mod faults;
 mod files;
 mod forward;
 mod hostile;
+mod idle;
 mod journal;
 mod kafka_mock;
 mod kafka_real;

@@ -310,6 +310,97 @@ pub fn totals<'a>(log: &'a str, source: &str) -> &'a str {
     log.lines().find(|l| l.contains(&needle)).unwrap_or("")
 }
 
+/// xorshift64*: reproducible from the printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [lo, hi) milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+}
+
+/// One thread of a process, from `/proc/PID/task/TID`.
+#[derive(Debug, Clone)]
+pub struct ThreadUse {
+    pub name: String,
+    /// CPU time (user + system), in clock ticks.
+    pub ticks: u64,
+    /// Context switches (voluntary + involuntary): how often it was woken, near enough.
+    pub switches: u64,
+}
+
+/// Every thread of `pid`, by thread id.
+pub fn threads(pid: u32) -> HashMap<u32, ThreadUse> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out.insert(
+            tid,
+            ThreadUse {
+                name: name.trim().to_string(),
+                ticks: fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0),
+                switches,
+            },
+        );
+    }
+    out
+}
+
+/// Per thread (matched by id): what `after` used more than `before`, busiest first.
+pub fn thread_use_since(
+    before: &HashMap<u32, ThreadUse>,
+    after: &HashMap<u32, ThreadUse>,
+) -> Vec<ThreadUse> {
+    let mut used: Vec<ThreadUse> = after
+        .iter()
+        .map(|(tid, a)| {
+            let b = before.get(tid);
+            ThreadUse {
+                name: a.name.clone(),
+                ticks: a.ticks - b.map_or(0, |b| b.ticks.min(a.ticks)),
+                switches: a.switches - b.map_or(0, |b| b.switches.min(a.switches)),
+            }
+        })
+        .collect();
+    used.sort_by_key(|t| std::cmp::Reverse((t.ticks, t.switches)));
+    used
+}
+
+/// A counter or gauge's value in a `/metrics` text (the first series whose line starts so).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// User plus system CPU time of process `pid` so far, in seconds (/proc/PID/stat).
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
