@@ -223,18 +223,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     .to_string();
     let stats = Arc::new(stats);
     // The endpoint comes up first: /health says 503 "starting" until the sources are open.
-    let http_stop = Arc::new(AtomicBool::new(false));
-    if let Some(address) = &config.metrics.address {
-        if let Err(e) = crate::ops::http::spawn(
-            address.clone(),
-            stats.clone(),
-            config.metrics.unhealthy_after,
-            http_stop.clone(),
-        ) {
-            tracing::error!(error = %e, "Cannot start the metrics thread; shipping goes on without it");
+    // Dropped when `run` returns, whichever way: that stops the endpoint's thread.
+    let _endpoint = match &config.metrics.address {
+        Some(address) => {
+            match crate::ops::http::spawn(
+                address.clone(),
+                stats.clone(),
+                config.metrics.unhealthy_after,
+            ) {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot start the metrics thread; shipping goes on without it");
+                    None
+                }
+            }
         }
-    }
-    let _stop_http = StopOnDrop(http_stop);
+        None => None,
+    };
     let state = StateDir::lock(&config.state.directory)?;
     let checkpoint = state.load()?;
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
@@ -389,6 +394,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     };
     let mut notifier = Notifier::from_env();
     let tick = notifier.tick();
+    // With nothing in flight the loop wakes only this often for the gauges, /health's
+    // liveness and the watchdog (each pass that happens anyway ticks when a tick is due).
+    let idle_tick = notifier
+        .watchdog()
+        .map_or(IDLE_TICK, |w| w / 2)
+        .min(config.metrics.unhealthy_after / 4)
+        .max(tick);
     let mut next_tick = Instant::now();
     let mut next_status = Instant::now() + STATUS_EVERY;
     p.tick(true);
@@ -448,7 +460,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 p.resend_due();
             }
-            () = sleep_until(next_tick) => {}
+            () = sleep_until(if p.unacked() == 0 && retry_at.is_none() && deadline.is_none() {
+                next_tick + (idle_tick - tick)
+            } else {
+                next_tick
+            }) => {}
             () = sleep_until(next_checkpoint.unwrap_or_else(Instant::now)), if next_checkpoint.is_some() => {
                 next_checkpoint = None;
             }
@@ -539,18 +555,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     result.map(|()| Summary { unacked })
 }
 
+/// The loop's tick while nothing is in flight (see `idle_tick` in [`run`]).
+const IDLE_TICK: Duration = Duration::from_secs(5);
+
 /// How often the lag gauges and the systemd status line are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
-
-/// Stops the metrics thread when `run` returns, whichever way. Not joined: it notices within
-/// 200 ms, and the exit must not wait for that (shutdown_timeout is a promise).
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 impl Pipeline {
     /// Publishes the liveness and in-flight gauges (and, with `lag`, the lag gauges, which

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use super::metrics::Stats;
 use super::ratelimit::RateLimit;
@@ -30,27 +31,42 @@ pub const MAX_HEAD: usize = 8 << 10;
 /// How long a client has to send its request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `/metrics` and `/health` on `address` until `stop` is set. A failure to listen is
-/// logged and retried: shipping does not depend on the endpoint.
+/// The running endpoint: dropping it stops the thread (which is not joined: the exit must
+/// not wait for it, shutdown_timeout is a promise). Nothing wakes the thread but a request,
+/// a rebind attempt and this.
+pub struct Endpoint {
+    _stop: oneshot::Sender<()>,
+    /// The thread.
+    pub thread: JoinHandle<()>,
+}
+
+/// Serves `/metrics` and `/health` on `address` until the [`Endpoint`] is dropped. A failure
+/// to listen is logged and retried: shipping does not depend on the endpoint.
 pub fn spawn(
     address: String,
     stats: Arc<Stats>,
     unhealthy_after: Duration,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    crate::runtime::spawn(
+) -> std::io::Result<Endpoint> {
+    let (stop, stopped) = oneshot::channel();
+    let thread = crate::runtime::spawn(
         "perapera-http".into(),
         "metrics endpoint (shipping goes on without /metrics and /health)".into(),
-        run(address, stats, unhealthy_after, stop),
-    )
+        run(address, stats, unhealthy_after, stopped),
+    )?;
+    Ok(Endpoint {
+        _stop: stop,
+        thread,
+    })
 }
 
-async fn run(address: String, stats: Arc<Stats>, unhealthy_after: Duration, stop: Arc<AtomicBool>) {
+async fn run(
+    address: String,
+    stats: Arc<Stats>,
+    unhealthy_after: Duration,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let mut failures = 0u64;
     let listener = loop {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
         match tokio::net::TcpListener::bind(address.as_str()).await {
             Ok(l) => break l,
             Err(e) => {
@@ -61,9 +77,9 @@ async fn run(address: String, stats: Arc<Stats>, unhealthy_after: Duration, stop
                          another process?); shipping goes on, retrying every 30s. Set \
                          another address, or \"off\"");
                 }
-                let until = tokio::time::Instant::now() + REBIND;
-                while tokio::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    () = tokio::time::sleep(REBIND) => {}
                 }
             }
         }
@@ -73,9 +89,9 @@ async fn run(address: String, stats: Arc<Stats>, unhealthy_after: Duration, stop
     let mut open: std::collections::VecDeque<(tokio::task::AbortHandle, Arc<AtomicBool>)> =
         std::collections::VecDeque::new();
     let mut limit = RateLimit::new(Duration::from_secs(10));
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         tokio::select! {
+            _ = &mut stopped => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     open.retain(|(task, _)| !task.is_finished());
@@ -112,7 +128,6 @@ async fn run(address: String, stats: Arc<Stats>, unhealthy_after: Duration, stop
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = tick.tick() => {}
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The thread that serves a producer's main queue: delivery reports and client errors.
 //!
-//! It blocks in `rd_kafka_queue_poll` until an event arrives or a second passes, and is woken
+//! It blocks in `rd_kafka_queue_poll` until an event arrives (or 10 s pass), and is woken
 //! with `rd_kafka_queue_yield` to stop. rdkafka's own `poll` (and its `ThreadedProducer`)
 //! loops until a deadline and turns the remaining time into whole milliseconds, so the last
 //! sub-millisecond of every call became a zero timeout polled in a tight loop: about 1 % of a
@@ -19,8 +19,9 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use super::report::{classify, Context, Delivery};
 
-/// How long one wait for an event lasts at most (a stop wakes it at once).
-const WAIT_MS: i32 = 1000;
+/// How long one wait for an event lasts at most: a stop wakes it at once, so this only
+/// bounds how long a lost wake-up could delay it.
+const WAIT_MS: i32 = 10_000;
 
 /// A reference to a producer's main queue.
 struct Queue(NonNull<rd::rd_kafka_queue_t>);
