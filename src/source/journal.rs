@@ -26,7 +26,12 @@ use crate::record::{Position, Record};
 
 pub use super::journal_settings::{lag_us, JournalReader, Start};
 
-const WAIT: Duration = Duration::from_millis(200);
+/// How long one wait for journal changes lasts (changes wake it sooner): the reader notices a
+/// stop within this, and an idle reader wakes this often.
+const WAIT: Duration = Duration::from_secs(1);
+/// After a failed read or wait, the first retry comes this soon (then later, up to 25 times
+/// this).
+const RETRY: Duration = Duration::from_millis(200);
 /// Call `sd_journal_process` this often while catching up, so that rotated-away (deleted)
 /// files are released instead of staying pinned on disk (journalctl does the same).
 const PROCESS_EVERY: u32 = 1024;
@@ -164,7 +169,7 @@ impl JournalReader {
                     }
                     if let Err(e) = j.wait(Some(WAIT)) {
                         tracing::warn!(source = %self.name, error = %e, "Waiting for journal changes failed; retrying");
-                        std::thread::sleep(WAIT);
+                        std::thread::sleep(RETRY);
                     }
                     continue;
                 }
@@ -175,7 +180,7 @@ impl JournalReader {
                         tracing::error!(source = %self.name, error = %e, failures,
                             "Reading the next journal entry failed; retrying");
                     }
-                    std::thread::sleep(WAIT * failures.min(25));
+                    std::thread::sleep(RETRY * failures.min(25));
                     continue;
                 }
             }
@@ -336,6 +341,7 @@ pub fn spawn_prober(
                     Err(e) => tracing::debug!(source = %name, error = %e, "Lag probe failed"),
                 }
                 let mut slept = Duration::ZERO;
+                // In steps of WAIT, so that a stop is noticed as soon as the reader notices it.
                 while slept < PROBE_EVERY && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(WAIT);
                     slept += WAIT;
