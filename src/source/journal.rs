@@ -391,7 +391,7 @@ fn name_prefix(name: &[u8]) -> u128 {
 /// as `str`, anything else as `bin`), sorted by name, a repeated field as an array in journal
 /// order, plus `__CURSOR`, `__REALTIME_TIMESTAMP` and `__MONOTONIC_TIMESTAMP`.
 fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd::Error> {
-    let cursor = j.cursor()?;
+    let cursor = cursor(j)?;
     let realtime = j.timestamp_usec()?;
     let (monotonic, _boot) = j.monotonic_timestamp()?;
     let Scratch { data, fields } = scratch;
@@ -429,9 +429,11 @@ fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd:
             .iter()
             .take_while(|f| name(f) == field_name)
             .count();
-        match simdutf8::basic::from_utf8(field_name) {
-            Ok(n) => encode::write_str(&mut map, n),
-            Err(_) => encode::write_str(&mut map, &String::from_utf8_lossy(field_name)),
+        if field_name.is_ascii() {
+            // journald's names are A-Z, 0-9 and _: written as they are, as `str`.
+            encode::write_text(&mut map, field_name);
+        } else {
+            encode::write_str(&mut map, &String::from_utf8_lossy(field_name));
         }
         if same == 1 {
             encode::write_text(&mut map, value(&fields[i]));
@@ -459,6 +461,27 @@ fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd:
         source_time.unwrap_or(realtime).saturating_mul(1000),
         Position::Cursor(cursor),
     ))
+}
+
+/// The current entry's cursor. `Journal::cursor` checks sd-journal's string as lossy UTF-8 and
+/// copies it: in the small-entry profile that was as much as the sort of the fields. A
+/// cursor is ASCII (`s=…;i=…;b=…;m=…;t=…;x=…`); anything else is an error here.
+fn cursor(j: &Journal) -> Result<String, systemd::Error> {
+    use foreign_types::ForeignTypeRef as _;
+    let mut c: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: a live journal handle positioned on an entry; on success `c` is a malloc'd
+    // NUL-terminated string that we own and free below.
+    let r = unsafe { libsystemd_sys::journal::sd_journal_get_cursor(j.as_ptr(), &mut c) };
+    if r < 0 || c.is_null() {
+        return Err(systemd::Error::from_raw_os_error(-r.min(-1)));
+    }
+    // SAFETY: as above; the bytes are copied before the string is freed.
+    let text = unsafe { std::ffi::CStr::from_ptr(c) }
+        .to_str()
+        .map(str::to_owned);
+    // SAFETY: allocated by sd_journal_get_cursor with malloc, freed once.
+    unsafe { libc::free(c as *mut std::ffi::c_void) };
+    text.map_err(|_| systemd::Error::from_raw_os_error(libc::EBADMSG))
 }
 
 /// Entries between a vanished saved cursor and the entry we resumed at, when both carry the
