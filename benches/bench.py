@@ -219,17 +219,8 @@ def measure(argv, done=None, stdout=subprocess.DEVNULL, stderr=None, timeout=600
 
 
 def acked(port, source):
-    """perapera_entries_acked_total{source=...} from /metrics, or -1 while unreachable."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            text = r.read().decode()
-    except OSError:
-        return -1
-    key = f'perapera_entries_acked_total{{source="{source}"}} '
-    for line in text.splitlines():
-        if line.startswith(key):
-            return int(float(line[len(key):]))
-    return 0
+    """perapera_entries_acked_total{source=...} from /metrics (0 while unreachable)."""
+    return int(metric(port, f'perapera_entries_acked_total{{source="{source}"}}') or 0)
 
 
 # ---------------------------------------------------------------- perapera runs
@@ -526,6 +517,11 @@ def main():
         checks.append((f"idle {case}: 0 checkpoint writes", u["writes"] == 0,
                        f"{u['writes']} in {span:.0f} s"))
 
+    def measure_idle():
+        for case, r in idle_runs:
+            log(f"perapera idle ({case}): {settle:.0f} s settle, {span:.0f} s measured")
+            idle_checks(case, idle_use(r, settle, span))
+
     if do_journal:
         for small in (False, True):
             jdir = journal_dir(small)
@@ -625,16 +621,11 @@ def main():
                                f"{distinct} of {entries} distinct entries consumed back "
                                f"({records} records)"))
                 idle_runs.append((f"{name} source, Apache Kafka", r))
-            for case, r in idle_runs:
-                log(f"perapera idle ({case}): {settle:.0f} s settle, {span:.0f} s measured")
-                idle_checks(case, idle_use(r, settle, span))
+            measure_idle()  # while the broker runs: its idle cases need it
         finally:
             kafka.stop()
-
     else:
-        for case, r in idle_runs:
-            log(f"perapera idle ({case}): {settle:.0f} s settle, {span:.0f} s measured")
-            idle_checks(case, idle_use(r, settle, span))
+        measure_idle()
 
     # ------------------------------------------------------------ report
     fields = ["case", "entries", "cpu_s", "user_s", "sys_s", "wall_s", "us_per_entry",

@@ -305,6 +305,19 @@ impl FileOffsets {
         e
     }
 
+    /// Applies `edit` to `file`'s entry (made if new); true if the entry changed.
+    fn update(
+        &mut self,
+        file: &FileRef,
+        now_ms: u64,
+        edit: impl FnOnce(&mut FileCheckpoint),
+    ) -> bool {
+        let before = self.files.get(&file.key).cloned();
+        let e = self.entry(file, now_ms);
+        edit(e);
+        before.as_ref() != Some(e)
+    }
+
     /// The line of `file` ending at `offset` was acknowledged (lines arrive in read order).
     pub fn acked(&mut self, file: &FileRef, offset: u64, now_ms: u64) {
         let e = self.entry(file, now_ms);
@@ -323,17 +336,8 @@ impl FileOffsets {
     /// forgotten).
     pub fn on_event(&mut self, event: FileEvent, now_ms: u64) -> bool {
         match event {
-            FileEvent::Start { file, offset } => {
-                let before = self.files.get(&file.key).cloned();
-                let e = self.entry(&file, now_ms);
-                e.offset = offset;
-                before.as_ref() != Some(e)
-            }
-            FileEvent::Identity(file) => {
-                let before = self.files.get(&file.key).cloned();
-                let e = self.entry(&file, now_ms);
-                before.as_ref() != Some(e)
-            }
+            FileEvent::Start { file, offset } => self.update(&file, now_ms, |e| e.offset = offset),
+            FileEvent::Identity(file) => self.update(&file, now_ms, |_| {}),
             FileEvent::Seen(keys) => {
                 self.scanned = true;
                 for key in keys {

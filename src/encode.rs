@@ -77,6 +77,16 @@ fn write_str_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
+/// A name (a map key) that must be `str`: as it is when UTF-8, else with U+FFFD for what
+/// is not.
+pub fn write_name(buf: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.is_ascii() || simdutf8::basic::from_utf8(bytes).is_ok() {
+        write_str_bytes(buf, bytes);
+    } else {
+        write_str(buf, &String::from_utf8_lossy(bytes));
+    }
+}
+
 /// Bytes (`bin`).
 pub fn write_bin(buf: &mut Vec<u8>, b: &[u8]) {
     header(buf, [0xc4, 0xc5, 0xc6], b.len());

@@ -725,8 +725,9 @@ impl Pipeline {
                 self.finish(src, seq, None);
             }
             Err(_) if slot.attempt != attempt => {} // superseded by a re-send
-            Err(DeliveryError::TooLarge(reason)) if !slot.alone && self.sink.sends_alone() => {
-                // The broker refused the batch it was in: any entry of it may be the large one.
+            Err(DeliveryError::TooLarge(reason)) if !slot.alone => {
+                // Reported after sending (only Kafka does): the broker refused the batch it was
+                // in, and any entry of it may be the large one. Once alone, the policy applies.
                 slot.alone = true;
                 self.stats.sink_failure("batch_too_large", &reason);
                 if let Some(suppressed) = self.limit.allow("batch_too_large") {

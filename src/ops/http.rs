@@ -12,7 +12,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,8 +35,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// a rebind attempt and this.
 pub struct Endpoint {
     _stop: oneshot::Sender<()>,
-    /// The thread.
-    pub thread: JoinHandle<()>,
 }
 
 /// Serves `/metrics` and `/health` on `address` until the [`Endpoint`] is dropped. A failure
@@ -48,15 +45,12 @@ pub fn spawn(
     unhealthy_after: Duration,
 ) -> std::io::Result<Endpoint> {
     let (stop, stopped) = oneshot::channel();
-    let thread = crate::runtime::spawn(
+    crate::runtime::spawn(
         "perapera-http".into(),
         "metrics endpoint (shipping goes on without /metrics and /health)".into(),
         run(address, stats, unhealthy_after, stopped),
     )?;
-    Ok(Endpoint {
-        _stop: stop,
-        thread,
-    })
+    Ok(Endpoint { _stop: stop })
 }
 
 async fn run(

@@ -139,12 +139,6 @@ impl Sink {
         }
     }
 
-    /// Whether the sink can send an entry alone when the broker refused its batch as too
-    /// large (Kafka), so that the oversize policy meets only the entry that is too large.
-    pub fn sends_alone(&self) -> bool {
-        matches!(self, Sink::Kafka(_))
-    }
-
     /// Largest encoded entry this sink accepts, if it has a limit.
     pub fn payload_limit(&self) -> Option<usize> {
         match self {

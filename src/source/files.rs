@@ -174,6 +174,16 @@ impl Tracked {
         self.idle_since.is_some()
     }
 
+    /// The open file is no longer what we read: `len` (its size) is below our offset, or its
+    /// first bytes changed (copytruncate, maybe written again since). False when closed.
+    fn rewritten(&mut self, len: u64) -> bool {
+        let fed = self.lines.fed_offset();
+        let id = self.id;
+        self.file
+            .as_mut()
+            .is_some_and(|f| len < fed || !id.matches(f).unwrap_or(true))
+    }
+
     fn holds_nothing(&self) -> bool {
         self.lines.pending() == 0 && !self.join.active
     }
@@ -404,10 +414,9 @@ impl Tailer {
             .iter_mut()
             .filter(|(_, t)| !t.matched)
             .filter_map(|(key, t)| {
-                let fed = t.lines.fed_offset();
-                let f = t.file.as_mut()?;
-                let shrank = f.metadata().is_ok_and(|m| m.len() < fed);
-                (shrank || !t.id.matches(f).unwrap_or(true)).then_some(*key)
+                // A size it cannot tell is not a shrink; the first bytes are still checked.
+                let len = t.file.as_ref()?.metadata().map_or(u64::MAX, |m| m.len());
+                t.rewritten(len).then_some(*key)
             })
             .collect();
         for key in rewritten {
@@ -466,14 +475,7 @@ impl Tailer {
                 }
             }
         }
-        let changed = match &mut t.file {
-            Some(f) => {
-                let shrank = meta.len() < t.lines.fed_offset();
-                shrank || !t.id.matches(f).unwrap_or(true)
-            }
-            None => false,
-        };
-        if changed {
+        if t.rewritten(meta.len()) {
             self.truncated(key);
         } else if let Some(t) = self.files.get_mut(&key) {
             // Fingerprint more bytes once there are more, so that inode reuse is caught.

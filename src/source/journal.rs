@@ -429,12 +429,7 @@ fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd:
             .iter()
             .take_while(|f| name(f) == field_name)
             .count();
-        if field_name.is_ascii() {
-            // journald's names are A-Z, 0-9 and _: written as they are, as `str`.
-            encode::write_text(&mut map, field_name);
-        } else {
-            encode::write_str(&mut map, &String::from_utf8_lossy(field_name));
-        }
+        encode::write_name(&mut map, field_name);
         if same == 1 {
             encode::write_text(&mut map, value(&fields[i]));
         } else {

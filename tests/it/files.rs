@@ -60,15 +60,6 @@ fn logs_setup(bootstrap: &str, extra_top: &str) -> (tempfile::TempDir, PathBuf, 
     (dir, logs, path)
 }
 
-fn append(path: &Path, bytes: &[u8]) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(bytes).unwrap();
-}
-
 /// Reads `files` until `n` messages arrived, then a little longer (duplicates); message →
 /// count.
 fn read_messages(

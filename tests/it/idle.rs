@@ -9,19 +9,15 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn files_to_kafka(dir: &Path, kafka: &Kafka, port: u16, extra: &str) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
-    config_file(
-        dir,
-        &format!(
-            "[state]\ndirectory = \"{}\"\n{extra}[metrics]\naddress = \"127.0.0.1:{port}\"\n\
-             [[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\nrescan_interval = \"200ms\"\n\
-             [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"idle\"\n",
-            dir.join("state").display(),
-            dir.join("logs").display(),
-            kafka.bootstrap
-        ),
-    )
+fn files_to_kafka(dir: &Path, kafka: &Kafka, port: u16) -> std::path::PathBuf {
+    FilesToKafka {
+        brokers: &kafka.bootstrap,
+        topic: "idle",
+        port,
+        source: "rescan_interval = \"200ms\"\n",
+        ..FilesToKafka::default()
+    }
+    .write(dir)
 }
 
 fn writes(port: u16) -> f64 {
@@ -40,7 +36,7 @@ fn an_idle_agent_writes_no_checkpoint_and_its_kafka_report_thread_sleeps() {
     kafka.create_topic("idle", 1);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = files_to_kafka(dir.path(), &kafka, port, "");
+    let config = files_to_kafka(dir.path(), &kafka, port);
     let text: String = (0..50).map(|i| format!("line {i}\n")).collect();
     std::fs::write(dir.path().join("logs/app.log"), &text).unwrap();
     let agent = Agent::start(&config);
@@ -90,7 +86,7 @@ fn a_crash_loop_resends_only_what_was_in_flight_at_each_kill() {
     kafka.create_topic("idle", 1);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = files_to_kafka(dir.path(), &kafka, port, "");
+    let config = files_to_kafka(dir.path(), &kafka, port);
     let log = dir.path().join("logs/app.log");
     std::fs::write(&log, "").unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -275,25 +275,18 @@ fn a_topic_deleted_while_shipping_waits_and_resumes_once_recreated() {
     let kafka = Kafka::single();
     kafka.create_topic("shipped", 1);
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let metrics = free_port();
-    let path = config_file(
-        dir.path(),
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{metrics}\"\n\
-             unhealthy_after = \"2s\"\n[[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n\
-             rescan_interval = \"200ms\"\n[sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\n\
-             topic = \"shipped\"\n[sink.librdkafka]\n\"topic.metadata.refresh.interval.ms\" = 1000\n\
-             \"topic.metadata.propagation.max.ms\" = 2000\n",
-            dir.path().join("state").display(),
-            logs.display(),
-            kafka.bootstrap
-        ),
-    );
-    let log = logs.join("app.log");
-    let lines =
-        |from: usize, to: usize| -> String { (from..to).map(|i| format!("line {i}\n")).collect() };
+    let path = FilesToKafka {
+        brokers: &kafka.bootstrap,
+        topic: "shipped",
+        port: metrics,
+        metrics: "unhealthy_after = \"2s\"\n",
+        source: "rescan_interval = \"200ms\"\n",
+        librdkafka: "\"topic.metadata.refresh.interval.ms\" = 1000\n\
+                     \"topic.metadata.propagation.max.ms\" = 2000\n",
+    }
+    .write(dir.path());
+    let log = dir.path().join("logs/app.log");
     std::fs::write(&log, lines(0, 100)).unwrap();
     let agent = Agent::start(&path);
     let mut reader = Reader::new(&kafka.bootstrap, "shipped");
@@ -302,11 +295,7 @@ fn a_topic_deleted_while_shipping_waits_and_resumes_once_recreated() {
 
     kafka.delete_topic("shipped");
     // Written while the topic is gone.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, lines(100, 300).as_bytes()))
-        .unwrap();
+    append(&log, lines(100, 300).as_bytes());
     let end = Instant::now() + Duration::from_secs(60);
     let health = loop {
         match http_get(metrics, "/health") {
@@ -379,22 +368,17 @@ fn large_line_among_small_ones(client_limit: Option<usize>) -> (String, String) 
     let kafka = Kafka::single();
     kafka.create_topic_with("small", 1, &[("max.message.bytes", "3000")]);
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let port = free_port();
     let limit = client_limit.map_or(String::new(), |l| format!("\"message.max.bytes\" = {l}\n"));
-    let path = config_file(
-        dir.path(),
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n\
-             [[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n\
-             [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"small\"\n\
-             [sink.librdkafka]\n\"linger.ms\" = 50\n{limit}",
-            dir.path().join("state").display(),
-            logs.display(),
-            kafka.bootstrap
-        ),
-    );
+    let path = FilesToKafka {
+        brokers: &kafka.bootstrap,
+        topic: "small",
+        port,
+        librdkafka: &format!("\"linger.ms\" = 50\n{limit}"),
+        ..FilesToKafka::default()
+    }
+    .write(dir.path());
+    let logs = dir.path().join("logs");
     let mut text = String::new();
     for i in 0..100 {
         text.push_str(&format!("small {i}\n"));
@@ -454,31 +438,17 @@ fn a_broker_that_lost_its_log_tail_makes_the_producer_fatal_and_it_is_recreated(
     let mut kafka = Kafka::single();
     kafka.create_topic("idem", 1);
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let port = free_port();
-    let path = config_file(
-        dir.path(),
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n\
-             [[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\nrescan_interval = \"200ms\"\n\
-             [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"idem\"\n\
-             [sink.librdkafka]\n\"batch.num.messages\" = 10\n",
-            dir.path().join("state").display(),
-            logs.display(),
-            kafka.bootstrap
-        ),
-    );
-    let log = logs.join("app.log");
-    let lines =
-        |from: usize, to: usize| -> String { (from..to).map(|i| format!("line {i}\n")).collect() };
-    let append = |text: String| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-            .unwrap()
-    };
+    let path = FilesToKafka {
+        brokers: &kafka.bootstrap,
+        topic: "idem",
+        port,
+        source: "rescan_interval = \"200ms\"\n",
+        librdkafka: "\"batch.num.messages\" = 10\n",
+        ..FilesToKafka::default()
+    }
+    .write(dir.path());
+    let log = dir.path().join("logs/app.log");
     std::fs::write(&log, lines(0, 100)).unwrap();
     let agent = Agent::start(&path);
     let mut reader = Reader::new(&kafka.bootstrap, "idem");
@@ -488,14 +458,14 @@ fn a_broker_that_lost_its_log_tail_makes_the_producer_fatal_and_it_is_recreated(
     // Ten batches of ten: the broker keeps the first three.
     kafka.lose_tail(1, "idem", 0, 30);
     kafka.restart(1);
-    append(lines(100, 200));
+    append(&log, lines(100, 200).as_bytes());
     let recreated = agent.wait_log("recreating it and re-sending", Duration::from_secs(60));
     assert!(
         recreated,
         "the producer was not recreated\n{}",
         agent.stderr()
     );
-    append(lines(200, 250));
+    append(&log, lines(200, 250).as_bytes());
     let mut reader = Reader::new(&kafka.bootstrap, "idem");
     reader.read_until(Duration::from_secs(60), |m| m.len() >= 180);
     reader.drain(Duration::from_secs(2));
@@ -521,4 +491,9 @@ fn a_broker_that_lost_its_log_tail_makes_the_producer_fatal_and_it_is_recreated(
         metrics.contains("reason=\"fatal\"} 1"),
         "one fatal error, one new producer: {metrics}"
     );
+}
+
+/// `line FROM\n` .. `line TO-1\n`.
+fn lines(from: usize, to: usize) -> String {
+    (from..to).map(|i| format!("line {i}\n")).collect()
 }

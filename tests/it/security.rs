@@ -11,21 +11,16 @@ use crate::support::*;
 const LINES: usize = 300;
 
 /// A files source of `LINES` lines (written once) and a Kafka sink on the SASL_SSL listener.
-fn config(dir: &Path, kafka: &Kafka, port: u16, security: &str) -> std::path::PathBuf {
-    let secure = kafka.secure.as_ref().expect("a secure listener");
-    config_file(
-        dir,
-        &format!(
-            "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n\
-             unhealthy_after = \"2s\"\n[[source]]\ntype = \"files\"\n\
-             include = [\"{}/*.log\"]\n[sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\n\
-             topic = \"secure\"\n[sink.librdkafka]\n\"security.protocol\" = \"SASL_SSL\"\n\
-             {security}",
-            dir.join("state").display(),
-            dir.join("logs").display(),
-            secure.bootstrap
-        ),
-    )
+fn config(dir: &Path, secure: &Secure, port: u16, security: &str) -> std::path::PathBuf {
+    FilesToKafka {
+        brokers: &secure.bootstrap,
+        topic: "secure",
+        port,
+        metrics: "unhealthy_after = \"2s\"\n",
+        librdkafka: &format!("\"security.protocol\" = \"SASL_SSL\"\n{security}"),
+        ..FilesToKafka::default()
+    }
+    .write(dir)
 }
 
 fn write_lines(dir: &Path) {
@@ -84,46 +79,53 @@ fn ships_everything(config: &Path, kafka: &Kafka) {
     assert!(missing.is_empty(), "lost {missing:?}\n{stderr}");
 }
 
-#[test]
-fn sasl_ssl_with_scram_ships_and_a_wrong_password_is_one_clear_error_losing_nothing() {
+/// `[sink.librdkafka]` lines for SASL `mechanism` as perapera's user with `password`,
+/// trusting `ca`.
+fn sasl(mechanism: &str, password: &str, ca: &Path) -> String {
+    format!(
+        "\"sasl.mechanisms\" = \"{mechanism}\"\n\"sasl.username\" = \"{SASL_USER}\"\n\
+         \"sasl.password\" = \"{password}\"\n\"ssl.ca.location\" = \"{}\"\n",
+        ca.display()
+    )
+}
+
+/// Against a broker with a SASL_SSL listener: an agent with the `wrong` settings is refused
+/// (the log says `needle` at most 3 times and names `setting`), then one with the `right`
+/// settings ships every line read meanwhile.
+fn refused_then_shipped(
+    wrong: impl Fn(&Secure) -> String,
+    right: impl Fn(&Secure) -> String,
+    needle: &str,
+    setting: &str,
+) {
     let kafka = Kafka::single_secure();
     kafka.create_topic("secure", 1);
     let secure = kafka.secure.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_lines(dir.path());
     let port = free_port();
-    let scram = |password: &str| {
-        format!(
-            "\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{SASL_USER}\"\n\
-             \"sasl.password\" = \"{password}\"\n\"ssl.ca.location\" = \"{}\"\n",
-            secure.ca.display()
-        )
-    };
-    let wrong = config(dir.path(), &kafka, port, &scram("not-the-password"));
-    let stderr = refused(&wrong, port, &kafka, "refused perapera's credentials", 3);
-    assert!(stderr.contains("sasl.password"), "{stderr}");
-    let right = config(dir.path(), &kafka, port, &scram(SASL_PASSWORD));
-    ships_everything(&right, &kafka);
+    let refused_config = config(dir.path(), secure, port, &wrong(secure));
+    let stderr = refused(&refused_config, port, &kafka, needle, 3);
+    assert!(stderr.contains(setting), "{stderr}");
+    ships_everything(&config(dir.path(), secure, port, &right(secure)), &kafka);
+}
+
+#[test]
+fn sasl_ssl_with_scram_ships_and_a_wrong_password_is_one_clear_error_losing_nothing() {
+    refused_then_shipped(
+        |s| sasl("SCRAM-SHA-512", "not-the-password", &s.ca),
+        |s| sasl("SCRAM-SHA-512", SASL_PASSWORD, &s.ca),
+        "refused perapera's credentials",
+        "sasl.password",
+    );
 }
 
 #[test]
 fn sasl_ssl_with_plain_ships_and_an_untrusted_certificate_is_one_clear_error_losing_nothing() {
-    let kafka = Kafka::single_secure();
-    kafka.create_topic("secure", 1);
-    let secure = kafka.secure.as_ref().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_lines(dir.path());
-    let port = free_port();
-    let plain = |ca: &Path| {
-        format!(
-            "\"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.username\" = \"{SASL_USER}\"\n\
-             \"sasl.password\" = \"{SASL_PASSWORD}\"\n\"ssl.ca.location\" = \"{}\"\n",
-            ca.display()
-        )
-    };
-    let untrusted = config(dir.path(), &kafka, port, &plain(&secure.other_ca));
-    let stderr = refused(&untrusted, port, &kafka, "TLS with the broker failed", 3);
-    assert!(stderr.contains("ssl.ca.location"), "{stderr}");
-    let right = config(dir.path(), &kafka, port, &plain(&secure.ca));
-    ships_everything(&right, &kafka);
+    refused_then_shipped(
+        |s| sasl("PLAIN", SASL_PASSWORD, &s.other_ca),
+        |s| sasl("PLAIN", SASL_PASSWORD, &s.ca),
+        "TLS with the broker failed",
+        "ssl.ca.location",
+    );
 }

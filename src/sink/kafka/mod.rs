@@ -240,7 +240,7 @@ impl KafkaSink {
     /// Distinct topics produced to recently (the ones `max_topics` counts, plus the
     /// operator's fallback and dead-letter topics once used).
     pub fn topics_in_use(&self) -> usize {
-        self.client.topics.handles.len()
+        self.client.topics.len()
     }
 
     /// Replaces the producer after a fatal error. The old one is dropped, which purges what it

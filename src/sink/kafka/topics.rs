@@ -25,7 +25,7 @@ pub enum Refused {
 /// `max` of them exist: every topic librdkafka knows costs memory and a place in each
 /// metadata request, so a template over untrusted fields must not make endless ones.
 pub struct Topics {
-    pub handles: HashMap<String, Handle>,
+    handles: HashMap<String, Handle>,
     /// The last topic used and its handle: most messages go where the one before went, and
     /// comparing the name is cheaper than hashing it (its `used` is refreshed when another
     /// topic is used).
@@ -35,7 +35,7 @@ pub struct Topics {
     max: usize,
 }
 
-pub struct Handle {
+struct Handle {
     topic: NonNull<rd::rd_kafka_topic_t>,
     used: Instant,
     /// Made for a topic rendered from the template (not the fallback or dead-letter topic).
@@ -103,6 +103,11 @@ impl Topics {
         self.counted += usize::from(counted);
         self.remember(name, handle);
         Ok(handle.as_ptr())
+    }
+
+    /// Topics with a handle (counted or not).
+    pub fn len(&self) -> usize {
+        self.handles.len()
     }
 
     /// Releases the handle of `name`, if it has one that counts towards `max`.

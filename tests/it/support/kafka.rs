@@ -587,15 +587,11 @@ broker.heartbeat.interval.ms=1000
             "kafka.tools.DumpLogSegments",
             &["--files", &segment.display().to_string()],
         );
-        let field = |line: &str, name: &str| -> Option<u64> {
-            let rest = &line[line.find(name)? + name.len()..];
-            rest.split_whitespace().next()?.parse().ok()
-        };
         let cut = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| Some((field(l, "baseOffset: ")?, field(l, "position: ")?)))
-            .find(|(base, _)| *base as i64 >= from)
-            .map(|(_, position)| position)
+            .filter_map(|l| Some((dump_field(l, "baseOffset: ")?, dump_field(l, "position: ")?)))
+            .find(|(base, _)| *base >= from)
+            .map(|(_, position)| position as u64)
             .unwrap_or_else(|| {
                 panic!(
                     "no batch at or after offset {from} in {}",
@@ -636,17 +632,13 @@ broker.heartbeat.interval.ms=1000
             .unwrap_or_default();
         logs.sort();
         let out = self.tool("kafka.tools.DumpLogSegments", &["--files", &logs.join(",")]);
-        let field = |line: &str, name: &str| -> Option<i64> {
-            let rest = &line[line.find(name)? + name.len()..];
-            rest.split_whitespace().next()?.parse().ok()
-        };
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
                 Some((
-                    field(l, "baseOffset: ")?,
-                    field(l, "lastOffset: ")?,
-                    field(l, "producerId: ")?,
+                    dump_field(l, "baseOffset: ")?,
+                    dump_field(l, "lastOffset: ")?,
+                    dump_field(l, "producerId: ")?,
                 ))
             })
             .collect()
@@ -819,4 +811,10 @@ fn secure_listener(dir: &Path) -> (Secure, String) {
         other_ca: other.ca,
     };
     (secure, props)
+}
+
+/// The number after `name` in a line of Kafka's DumpLogSegments output.
+fn dump_field(line: &str, name: &str) -> Option<i64> {
+    let rest = &line[line.find(name)? + name.len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }

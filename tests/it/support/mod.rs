@@ -452,6 +452,56 @@ pub fn saved_cursor(state: &Path, source: &str) -> Option<String> {
 }
 
 /// Writes a config file and returns its path.
+/// A config with one files source over `DIR/logs/*.log` shipping to Kafka: the state in
+/// `DIR/state`, `/metrics` on 127.0.0.1:`port`; `metrics`, `source` and `librdkafka` are
+/// extra lines for the `[metrics]` table, the source and `[sink.librdkafka]`.
+#[derive(Default)]
+pub struct FilesToKafka<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub port: u16,
+    pub metrics: &'a str,
+    pub source: &'a str,
+    pub librdkafka: &'a str,
+}
+
+impl FilesToKafka<'_> {
+    /// Writes it as `DIR/perapera.toml` (making `DIR/logs`).
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let librdkafka = if self.librdkafka.is_empty() {
+            String::new()
+        } else {
+            format!("[sink.librdkafka]\n{}", self.librdkafka)
+        };
+        config_file(
+            dir,
+            &format!(
+                "[state]\ndirectory = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{}\"\n{}\
+                 [[source]]\ntype = \"files\"\ninclude = [\"{}/*.log\"]\n{}\
+                 [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{}\"\n{librdkafka}",
+                dir.join("state").display(),
+                self.port,
+                self.metrics,
+                dir.join("logs").display(),
+                self.source,
+                self.brokers,
+                self.topic,
+            ),
+        )
+    }
+}
+
+/// Appends `bytes` to `path`, creating it.
+pub fn append(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
 pub fn config_file(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("perapera.toml");
     std::fs::write(&path, text).unwrap();
