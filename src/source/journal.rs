@@ -392,21 +392,23 @@ fn name_prefix(name: &[u8]) -> u128 {
 /// order, plus `__CURSOR`, `__REALTIME_TIMESTAMP` and `__MONOTONIC_TIMESTAMP`.
 fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd::Error> {
     let cursor = cursor(j)?;
-    let realtime = j.timestamp_usec()?;
-    let (monotonic, _boot) = j.monotonic_timestamp()?;
+    // The cursor carries both timestamps (`m=`, `t=`): reading them there saves two calls
+    // that each look the entry object up again.
+    let (realtime, monotonic) = match cursor_times(&cursor) {
+        Some(times) => times,
+        None => (j.timestamp_usec()?, j.monotonic_timestamp()?.0),
+    };
     let Scratch { data, fields } = scratch;
     data.clear();
     fields.clear();
-    j.restart_data();
-    while let Some(field) = j.enumerate_data()? {
-        let bytes = field.data();
-        let Some(eq) = bytes.iter().position(|b| *b == b'=') else {
-            continue;
+    each_field(j, |bytes| {
+        let Some(eq) = memchr::memchr(b'=', bytes) else {
+            return;
         };
         let start = data.len();
         data.extend_from_slice(bytes);
         fields.push((start, start + eq, data.len(), name_prefix(&bytes[..eq])));
-    }
+    })?;
     // Field order from sd-journal is undefined: sort by name (stable, so repeated values keep
     // their order) and fold repeats into arrays. Most names differ in their first 16 bytes,
     // so most comparisons are one integer comparison.
@@ -456,6 +458,57 @@ fn read_entry(j: &mut Journal, scratch: &mut Scratch) -> Result<Record, systemd:
         source_time.unwrap_or(realtime).saturating_mul(1000),
         Position::Cursor(cursor),
     ))
+}
+
+/// Calls `f` with each `NAME=value` data of the current entry, in sd-journal's order.
+/// Straight through `sd_journal_enumerate_data`: the crate's wrapper splits every field at
+/// its `=` (a search we do anyway) and wraps every call in an error context.
+fn each_field(j: &mut Journal, mut f: impl FnMut(&[u8])) -> Result<(), systemd::Error> {
+    use foreign_types::ForeignTypeRef as _;
+    use libsystemd_sys::journal as sys;
+    let ptr = j.as_ptr();
+    // SAFETY: a live journal handle, positioned on an entry.
+    unsafe { sys::sd_journal_restart_data(ptr) };
+    loop {
+        let mut data: *const u8 = std::ptr::null();
+        let mut len = 0usize;
+        // SAFETY: as above; on success `data` points at `len` bytes that stay valid until
+        // the next enumerate call, and `f` does not keep them.
+        let r = unsafe { sys::sd_journal_enumerate_data(ptr, &mut data, &mut len) };
+        if r < 0 {
+            return Err(systemd::Error::from_raw_os_error(-r));
+        }
+        if r == 0 || data.is_null() {
+            return Ok(());
+        }
+        // SAFETY: see above.
+        f(unsafe { std::slice::from_raw_parts(data, len) });
+    }
+}
+
+/// `(realtime, monotonic)` from a cursor's `t=` and `m=` (hexadecimal µs), as sd-journal
+/// formats them (`s=…;i=…;b=…;m=…;t=…;x=…`); `None` when either is missing.
+fn cursor_times(cursor: &str) -> Option<(u64, u64)> {
+    let (mut realtime, mut monotonic) = (None, None);
+    for part in cursor.split(';') {
+        match part.as_bytes() {
+            [b't', b'=', hex @ ..] => realtime = parse_hex(hex),
+            [b'm', b'=', hex @ ..] => monotonic = parse_hex(hex),
+            _ => {}
+        }
+    }
+    Some((realtime?, monotonic?))
+}
+
+/// A lowercase or uppercase hexadecimal number of at most 16 digits.
+fn parse_hex(hex: &[u8]) -> Option<u64> {
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    hex.iter().try_fold(0u64, |n, b| {
+        let d = (*b as char).to_digit(16)?;
+        Some(n << 4 | u64::from(d))
+    })
 }
 
 /// The current entry's cursor. `Journal::cursor` checks sd-journal's string as lossy UTF-8 and
@@ -514,6 +567,24 @@ mod tests {
             Some(("739ad463348b4ceca5a9e69c95a3c93f", 0x4ece7))
         );
         assert_eq!(cursor_seqnum("b=1;m=2"), None);
+    }
+
+    #[test]
+    fn both_timestamps_are_read_from_the_cursor_and_a_malformed_one_yields_none() {
+        let c = "s=739ad463348b4ceca5a9e69c95a3c93f;i=4ece7;b=6c7c6013a8;m=419d2;t=5c3f0A;x=d1";
+        assert_eq!(cursor_times(c), Some((0x5c3f0a, 0x419d2)));
+        assert_eq!(
+            cursor_times("s=ab;i=1;m=ffffffffffffffff;t=0"),
+            Some((0, u64::MAX))
+        );
+        assert_eq!(cursor_times("s=ab;i=1;m=12"), None, "no t=");
+        assert_eq!(cursor_times("s=ab;m=12;t=1g"), None, "not hex");
+        assert_eq!(cursor_times("m=;t=1"), None, "empty");
+        assert_eq!(
+            cursor_times("m=1;t=10000000000000000"),
+            None,
+            "over 64 bits"
+        );
     }
 
     #[test]
