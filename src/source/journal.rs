@@ -489,26 +489,13 @@ fn each_field(j: &mut Journal, mut f: impl FnMut(&[u8])) -> Result<(), systemd::
 /// `(realtime, monotonic)` from a cursor's `t=` and `m=` (hexadecimal µs), as sd-journal
 /// formats them (`s=…;i=…;b=…;m=…;t=…;x=…`); `None` when either is missing.
 fn cursor_times(cursor: &str) -> Option<(u64, u64)> {
-    let (mut realtime, mut monotonic) = (None, None);
-    for part in cursor.split(';') {
-        match part.as_bytes() {
-            [b't', b'=', hex @ ..] => realtime = parse_hex(hex),
-            [b'm', b'=', hex @ ..] => monotonic = parse_hex(hex),
-            _ => {}
-        }
-    }
-    Some((realtime?, monotonic?))
+    let hex = |key| u64::from_str_radix(cursor_part(cursor, key)?, 16).ok();
+    Some((hex("t=")?, hex("m=")?))
 }
 
-/// A lowercase or uppercase hexadecimal number of at most 16 digits.
-fn parse_hex(hex: &[u8]) -> Option<u64> {
-    if hex.is_empty() || hex.len() > 16 {
-        return None;
-    }
-    hex.iter().try_fold(0u64, |n, b| {
-        let d = (*b as char).to_digit(16)?;
-        Some(n << 4 | u64::from(d))
-    })
+/// The value of the cursor part that starts with `key` (e.g. `"i="`).
+fn cursor_part<'a>(cursor: &'a str, key: &str) -> Option<&'a str> {
+    cursor.split(';').find_map(|part| part.strip_prefix(key))
 }
 
 /// The current entry's cursor. `Journal::cursor` checks sd-journal's string as lossy UTF-8 and
@@ -543,16 +530,8 @@ fn entries_lost(saved: &str, resumed: &str) -> Option<u64> {
 
 /// `(seqnum_id, seqnum)` from a cursor `s=…;i=…;…`.
 fn cursor_seqnum(cursor: &str) -> Option<(&str, u64)> {
-    let mut id = None;
-    let mut num = None;
-    for part in cursor.split(';') {
-        if let Some(s) = part.strip_prefix("s=") {
-            id = Some(s);
-        } else if let Some(i) = part.strip_prefix("i=") {
-            num = u64::from_str_radix(i, 16).ok();
-        }
-    }
-    Some((id?, num?))
+    let num = u64::from_str_radix(cursor_part(cursor, "i=")?, 16).ok()?;
+    Some((cursor_part(cursor, "s=")?, num))
 }
 
 #[cfg(test)]
