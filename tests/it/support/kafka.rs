@@ -225,6 +225,9 @@ impl Kafka {
             .iter()
             .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
             .collect();
+        // `log.retention.ms=-1`: the tests' entries carry fixed 2023 timestamps, and Kafka's time
+        // retention counts from record timestamps, so its five-minute retention check would
+        // otherwise roll and delete a test's segment while the test still reads it.
         let common = format!(
             "controller.quorum.voters={voters}
 controller.listener.names=CONTROLLER
@@ -243,6 +246,7 @@ transaction.state.log.num.partitions=1
 group.initial.rebalance.delay.ms=0
              auto.create.topics.enable=false
 log.cleaner.dedupe.buffer.size=33554432
+log.retention.ms=-1
              broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=1000
              replica.lag.time.max.ms=10000
