@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::position::FileId;
 use crate::record::FileRef;
-use crate::source::identity::FileId;
 use crate::source::FileEvent;
 
 /// Tracks in-flight entries in read order; `advance` pops the acknowledged prefix.
@@ -516,10 +516,7 @@ impl StateDir {
         if !path.exists() {
             return Ok(None);
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_secs();
         let aside = self.dir.join(format!("{CHECKPOINT_FILE}.reset-{now}"));
         fs::rename(&path, &aside).map_err(|source| StateError::Io {
             path: path.clone(),

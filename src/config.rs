@@ -1088,7 +1088,7 @@ fn shared_key(
         )),
         (Some(key), host) => Ok(Some(SharedKey {
             key,
-            self_hostname: host.unwrap_or_else(crate::source::files::hostname),
+            self_hostname: host.unwrap_or_else(crate::host::hostname),
         })),
         (None, Some(_)) => Err(invalid(
             &format!("{here} self_hostname"),

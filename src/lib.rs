@@ -19,13 +19,15 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
-pub mod encode;
 pub mod forward;
+pub mod host;
 pub mod memory;
 pub mod msgpack;
 pub mod ops;
 pub mod pipeline;
+pub mod position;
 pub mod record;
 pub mod runtime;
 pub mod sink;

@@ -464,7 +464,7 @@ fn cursor_show(config: &Config, json: bool) -> Result<(), Failure> {
     use perapera::ops::cursor;
     let path = config.state.directory.join(checkpoint::CHECKPOINT_FILE);
     let cp = checkpoint::read_checkpoint(&path).map_err(|e| state_failure(&e))?;
-    let reports = cursor::report(config, &cp, perapera::pipeline::now_ms());
+    let reports = cursor::report(config, &cp, perapera::clock::unix_ms());
     if json {
         let doc = serde_json::json!({
             "checkpoint_file": path.display().to_string(),

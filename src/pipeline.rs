@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -27,6 +27,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::checkpoint::{
     Checkpoint, FileOffsets, SourceCheckpoint, StateDir, StateError, Watermark,
 };
+use crate::clock::unix_ms;
 use crate::config::{Config, Oversize, SinkConfig, SourceKind};
 use crate::ops::metrics::Stats;
 use crate::ops::notify::Notifier;
@@ -128,13 +129,6 @@ enum Acked {
     Files(FileOffsets),
     /// Nothing to persist: a done entry counts towards its request's ack.
     Forward,
-}
-
-/// Milliseconds since the epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Acked {
@@ -565,7 +559,7 @@ impl Pipeline {
     /// Publishes the liveness and in-flight gauges (and, with `lag`, the lag gauges, which
     /// `stat` files).
     fn tick(&mut self, lag: bool) {
-        let now = now_ms();
+        let now = unix_ms();
         let unacked = self.unacked() as u64;
         self.stats.loop_at_ms.store(now, Ordering::Relaxed);
         self.stats.unacked.store(unacked, Ordering::Relaxed);
@@ -640,7 +634,7 @@ impl Pipeline {
 
     fn submit(&mut self, batch: Batch) {
         if !batch.events.is_empty() {
-            let now = now_ms();
+            let now = unix_ms();
             if let Some(source) = self.sources.get_mut(batch.source) {
                 if let Acked::Files(files) = &mut source.acked {
                     for event in batch.events {
@@ -939,7 +933,7 @@ impl Pipeline {
         let mut now = None;
         for source in &mut self.sources {
             let acked = &mut source.acked;
-            let now = *now.get_or_insert_with(now_ms);
+            let now = *now.get_or_insert_with(unix_ms);
             let popped = source.window.advance_each(|slot| acked.fold(slot, now));
             if matches!(acked, Acked::Forward) {
                 // Done once acknowledged: the sender holds the data, nothing to persist.
@@ -955,7 +949,7 @@ impl Pipeline {
         if !self.sources.iter().any(|s| s.dirty) {
             return;
         }
-        let now = now_ms();
+        let now = unix_ms();
         for source in &mut self.sources {
             if source.dirty {
                 if let Some(entry) = source.acked.checkpoint(now) {

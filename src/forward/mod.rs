@@ -20,7 +20,7 @@ pub use decode::{decode_head, decode_json, decode_request, json_frame, DecodeErr
 
 use std::io::Write;
 
-use crate::encode;
+use crate::msgpack::write as encode;
 use crate::record::Value;
 
 /// An event time: integer seconds, or EventTime (msgpack ext type 0: u32 seconds, u32
@@ -151,11 +151,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
         for (i, chunk) in b.chunks_mut(8).enumerate() {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_usize(i);
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-            );
+            h.write_u64(crate::clock::unix_ns());
             let v = h.finish().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::Stats;
 use super::ratelimit::RateLimit;
-use crate::pipeline::now_ms;
+use crate::clock::unix_ms;
 
 /// How often a failed bind is retried.
 const REBIND: Duration = Duration::from_secs(30);
@@ -197,7 +197,7 @@ fn route(head: &[u8], stats: &Stats, unhealthy_after: Duration) -> (u16, String,
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         (true, "/health") => {
-            let h = stats.health(now_ms(), unhealthy_after);
+            let h = stats.health(unix_ms(), unhealthy_after);
             (if h.ok { 200 } else { 503 }, h.reason + "\n", text)
         }
         (true, "/") => (

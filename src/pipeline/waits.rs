@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{now_ms, Pipeline};
+use super::Pipeline;
+use crate::clock::unix_ms;
 use crate::ops::metrics::TopicWait;
 
 /// How often an entry waiting for a topic is offered to it again.
@@ -144,7 +145,7 @@ impl Pipeline {
         }
         let waits = self
             .topic_waits
-            .wait(slot.waits_for.take(), topic, reason.clone(), now_ms());
+            .wait(slot.waits_for.take(), topic, reason.clone(), unix_ms());
         slot.waits_for = Some(waits);
         let name = source.name.clone();
         self.stats

@@ -39,60 +39,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::format::{self, Stream};
-use super::identity::{FileId, FINGERPRINT_BYTES};
 use super::lines::{Line, LineReader, Part};
 use super::walk;
 use super::{Batch, FileEvent, SourceError};
 use crate::checkpoint::FileCheckpoint;
 use crate::config::{FileStart, FilesConfig, LineFormat};
-use crate::encode;
+use crate::msgpack::write as encode;
 use crate::ops::metrics::Stats;
+use crate::position::{FileId, FINGERPRINT_BYTES};
 use crate::record::{FileRef, Position, Record, Value};
 
 /// Bytes read from one file per turn before the next file gets its turn (fairness).
 const TURN_BYTES: usize = 256 << 10;
 /// Read buffer.
 const READ_BYTES: usize = 64 << 10;
-
-/// The host name (`host` field): `$PERAPERA_HOSTNAME` if set (the DaemonSet passes the
-/// node's name: inside a pod, gethostname is the pod's name), else gethostname(2).
-pub fn hostname() -> String {
-    if let Some(h) = std::env::var("PERAPERA_HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-    {
-        return h.trim().to_string();
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::from("localhost");
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// The time a line was read, in nanoseconds since the epoch: the coarse realtime clock (the
-/// kernel's last tick, a few ms of resolution, for the millisecond Kafka timestamp), which
-/// costs a memory read where the precise one reads the TSC for every line.
-fn unix_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec for clock_gettime to fill.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
-        u64::try_from(ts.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(ts.tv_nsec as u64)
-    } else {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    }
-}
 
 /// Partial pieces (CRI `P`, docker `log` without `\n`) waiting for the piece that ends them.
 #[derive(Debug, Default)]
@@ -267,7 +227,7 @@ impl Tailer {
         Tailer {
             name: name.to_string(),
             exclude,
-            host: hostname(),
+            host: crate::host::hostname(),
             files: BTreeMap::new(),
             had_checkpoint,
             saved: by_inode,
@@ -1321,7 +1281,7 @@ fn make_record(t: &Tracked, message: &[u8], meta: Meta<'_>, offset: u64) -> Reco
     }
     Record::from_msgpack(
         map,
-        meta.time_ns.unwrap_or_else(unix_now_ns),
+        meta.time_ns.unwrap_or_else(crate::clock::coarse_unix_ns),
         Position::File {
             file: t.file_ref.clone(),
             offset,

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{Batch, SourceError};
 use crate::config::{JournalConfig, JournalMatch, StartAt};
-use crate::encode;
+use crate::msgpack::write as encode;
 use crate::ops::metrics::Stats;
 use crate::record::{Position, Record};
 

@@ -3,13 +3,11 @@
 //! what is "done" (the pipeline's watermark does).
 //!
 //! [`journal`] is the journal source; [`files`] the files source, built from [`format`]
-//! (line formats), [`lines`] (offset-tracking line splitting) and [`identity`] (which file is
-//! this).
+//! (line formats) and [`lines`] (offset-tracking line splitting).
 
 pub mod files;
 pub mod format;
 pub mod forward;
-pub mod identity;
 #[cfg(feature = "journal")]
 pub mod journal;
 #[cfg(not(feature = "journal"))]

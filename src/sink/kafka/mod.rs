@@ -19,7 +19,7 @@ mod report;
 mod topics;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -158,9 +158,7 @@ impl KafkaSink {
             }
         }
         let timestamp_ms = if out.timestamp_now {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
+            crate::clock::unix_ms() as i64
         } else {
             (out.record.time_ns / 1_000_000) as i64
         };

@@ -4,7 +4,7 @@
 //! decoded lazily and handed to the pipeline; acks written back as the sink acknowledges.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Close, Kill, Pending, Shared, STOP_POLL};
+use super::{Close, Kill, Shared, STOP_POLL};
 use crate::forward::handshake::{Helo, Ping, Pong};
 use crate::forward::{self, frame, DecodeError, Head, Mode, ReadError, Stream};
+use crate::position::RequestAck;
 use crate::record::{Position, Record, Value};
 use crate::source::Batch;
 
@@ -366,12 +367,8 @@ async fn submit(
         }
         return true;
     }
-    let pending = Arc::new(Pending {
-        peer: peer.to_string(),
-        remaining: AtomicUsize::new(n),
-        reply,
-    });
-    let now = unix_now_ns();
+    let pending = RequestAck::new(peer.to_string(), n, reply);
+    let now = crate::clock::unix_ns();
     let mut records = Vec::with_capacity(n.min(reader.batch_entries));
     let mut bytes = 0usize;
     for entry in head.entries(reader.config.max_request_bytes) {
@@ -421,10 +418,4 @@ async fn send(shared: &Shared, records: Vec<Record>) -> bool {
         })
         .await
         .is_ok()
-}
-
-fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }

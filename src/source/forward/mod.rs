@@ -1,7 +1,7 @@
 //! The forward source (aggregator mode): a Fluentd Forward protocol v1 listener.
 //!
-//! Every event of a request becomes a record whose position is the request's [`Pending`]
-//! share. When the pipeline's watermark passes an entry, the entry is done; when every entry
+//! Every event of a request becomes a record whose position is the request's
+//! [`RequestAck`](crate::position::RequestAck) share. When the pipeline's watermark passes an entry, the entry is done; when every entry
 //! of a request with a `chunk` option is done, `{"ack": chunk}` goes back on the request's
 //! connection. The sender keeps the data until then, so this source needs no checkpoint, and
 //! while the pipeline is full the listener stops reading: the senders' own buffers (and TCP)
@@ -21,7 +21,7 @@ mod conn;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,36 +34,6 @@ use crate::ops::metrics::Stats;
 use crate::ops::ratelimit::RateLimit;
 use crate::source::{Batch, SourceError};
 use budget::Budget;
-
-/// The acknowledgement state of one request, shared by its records' positions.
-#[derive(Debug)]
-pub struct Pending {
-    /// The sender's address (the records' position text).
-    pub peer: String,
-    remaining: AtomicUsize,
-    /// Where the ack goes, and its bytes; `None` when the request asked for no ack.
-    reply: Option<(mpsc::UnboundedSender<Vec<u8>>, Vec<u8>)>,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-impl Eq for Pending {}
-
-impl Pending {
-    /// One entry of the request is done (acknowledged by the sink, or finally handled by the
-    /// oversize policy). The last one sends the ack.
-    pub fn entry_done(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some((tx, ack)) = &self.reply {
-                let _ = tx.send(ack.clone());
-            }
-        }
-    }
-}
 
 /// Starts a forward source.
 pub struct ForwardReader {

@@ -5,8 +5,9 @@ use std::io::Write;
 
 use tokio::sync::mpsc;
 
-use super::{Ack, DeliveryError, Outgoing, SendError};
-use crate::encode;
+mod json;
+
+use crate::sink::{Ack, DeliveryError, Outgoing, SendError};
 
 /// Writes JSON lines to standard output.
 pub struct StdoutSink {
@@ -27,7 +28,7 @@ impl StdoutSink {
 
     /// Buffers one line; it is written and acknowledged by [`StdoutSink::flush_burst`].
     pub fn send(&mut self, out: Outgoing<'_>) -> Result<(), SendError> {
-        encode::json_line_into(out.record, &mut self.buf);
+        json::json_line_into(out.record, &mut self.buf);
         self.pending.push(out.id);
         if self.buf.len() >= 1 << 20 {
             self.flush_burst();

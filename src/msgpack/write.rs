@@ -1,18 +1,11 @@
-//! Serialising a [`Record`] for the wire: MessagePack for Kafka, JSON lines for stdout.
-//!
-//! The Kafka value is exactly the record's field map. Sources write it with `rmp`'s encoders
-//! while reading (the `write_*` functions here), and the sinks send those bytes as they are:
-//! text is msgpack `str`, bytes are msgpack `bin` (never an array of integers), integers stay
-//! integers in their smallest form, repeated fields are arrays, and values a forward sender
-//! gave us (nested maps, floats, ...) are copied as they came.
+//! Writing MessagePack: sources encode a record's map with these while reading, and the
+//! sinks send those bytes as they are. Text is `str`, bytes are `bin` (never an array of
+//! integers), integers stay integers in their smallest form, repeated fields are arrays, and
+//! values a forward sender gave us (nested maps, floats, ...) are copied as they came.
 //! Consumers that already read fluentd's msgpack records (`record.to_msgpack`) read these
 //! unchanged.
 
-use base64::Engine as _;
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
-
-use crate::record::{Record, Value};
+use super::Value;
 
 /// Writes one value as MessagePack: text `str`, bytes `bin`, integers in their smallest
 /// form, repeated fields as arrays, other values as they came.
@@ -125,121 +118,12 @@ pub fn write_uint(buf: &mut Vec<u8>, n: u64) {
     let _ = rmp::encode::write_uint(buf, n);
 }
 
-/// A JSON object: binary values become `{"$base64": "..."}` so that they stay byte-exact and
-/// are distinguishable from text.
-struct JsonValue<'a>(&'a Value);
-
-impl Serialize for JsonValue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Str(v) => s.serialize_str(v),
-            Value::Bin(v) => base64_object(s, v),
-            Value::UInt(v) => s.serialize_u64(*v),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&JsonValue(item))?;
-                }
-                seq.end()
-            }
-            Value::Msgpack(raw) => match rmpv::decode::read_value(&mut raw.as_slice()) {
-                Ok(v) => JsonAny(&v).serialize(s),
-                Err(_) => base64_object(s, raw),
-            },
-        }
-    }
-}
-
-/// Bytes as `{"$base64": "..."}`.
-fn base64_object<S: Serializer>(s: S, bytes: &[u8]) -> Result<S::Ok, S::Error> {
-    let mut map = s.serialize_map(Some(1))?;
-    map.serialize_entry(
-        "$base64",
-        &base64::engine::general_purpose::STANDARD.encode(bytes),
-    )?;
-    map.end()
-}
-
-/// Any MessagePack value as JSON: bytes (and text that is not UTF-8) as `{"$base64"}`, an
-/// ext as `{"$ext": type, "$base64": data}`, map keys that are not text as their JSON.
-struct JsonAny<'a>(&'a rmpv::Value);
-
-impl Serialize for JsonAny<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use rmpv::Value as V;
-        match self.0 {
-            V::Nil => s.serialize_unit(),
-            V::Boolean(b) => s.serialize_bool(*b),
-            V::Integer(i) => match (i.as_u64(), i.as_i64()) {
-                (Some(u), _) => s.serialize_u64(u),
-                (None, Some(n)) => s.serialize_i64(n),
-                _ => s.serialize_unit(),
-            },
-            V::F32(f) => s.serialize_f32(*f),
-            V::F64(f) => s.serialize_f64(*f),
-            V::String(t) => match t.as_str() {
-                Some(t) => s.serialize_str(t),
-                None => base64_object(s, t.as_bytes()),
-            },
-            V::Binary(b) => base64_object(s, b),
-            V::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&JsonAny(item))?;
-                }
-                seq.end()
-            }
-            V::Map(entries) => {
-                let mut map = s.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    match k {
-                        V::String(t) => {
-                            map.serialize_key(&String::from_utf8_lossy(t.as_bytes()))?
-                        }
-                        other => map.serialize_key(&other.to_string())?,
-                    }
-                    map.serialize_value(&JsonAny(v))?;
-                }
-                map.end()
-            }
-            V::Ext(ty, data) => {
-                let mut map = s.serialize_map(Some(2))?;
-                map.serialize_entry("$ext", ty)?;
-                map.serialize_entry(
-                    "$base64",
-                    &base64::engine::general_purpose::STANDARD.encode(data),
-                )?;
-                map.end()
-            }
-        }
-    }
-}
-
-struct JsonFields<'a>(&'a [(String, Value)]);
-
-impl Serialize for JsonFields<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            map.serialize_entry(name, &JsonValue(value))?;
-        }
-        map.end()
-    }
-}
-
-/// Appends the record as one JSON line (with `\n`) to `buf`.
-pub fn json_line_into(record: &Record, buf: &mut Vec<u8>) {
-    // Serialising strings, integers and maps into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, &JsonFields(&record.fields()));
-    buf.push(b'\n');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn str_and_bin_headers_match_rmp_at_every_boundary() {
+    fn str_and_bin_headers_match_rmp_at_every_length_boundary() {
         for n in [0, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
             let text = "x".repeat(n);
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -260,8 +144,9 @@ mod tests {
     }
 
     #[test]
-    fn msgpack_types_are_str_bin_int_array() {
-        let r = Record::from_fields(
+    fn text_is_str_bytes_are_bin_integers_stay_integers_and_repeats_are_arrays() {
+        let mut bytes = Vec::new();
+        fields_into(
             &[
                 ("MESSAGE".into(), Value::Str("héllo".into())),
                 ("BLOB".into(), Value::Bin(vec![0, 0xff, 10])),
@@ -274,10 +159,8 @@ mod tests {
                     Value::Array(vec![Value::Str("a".into()), Value::Bin(vec![0xfe])]),
                 ),
             ],
-            0,
-            crate::record::Position::default(),
+            &mut bytes,
         );
-        let bytes = r.msgpack().to_vec();
         let v = rmpv::decode::read_value(&mut bytes.as_slice()).unwrap();
         let map = v.as_map().unwrap();
         assert_eq!(map.len(), 4);
@@ -288,24 +171,6 @@ mod tests {
         assert_eq!(
             map[3].1,
             rmpv::Value::Array(vec!["a".into(), rmpv::Value::Binary(vec![0xfe])])
-        );
-    }
-
-    #[test]
-    fn json_marks_binary_values() {
-        let r = Record::from_fields(
-            &[
-                ("M".into(), Value::Str("x\"y".into())),
-                ("B".into(), Value::Bin(vec![0xff])),
-            ],
-            0,
-            crate::record::Position::default(),
-        );
-        let mut buf = Vec::new();
-        json_line_into(&r, &mut buf);
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "{\"M\":\"x\\\"y\",\"B\":{\"$base64\":\"/w==\"}}\n"
         );
     }
 }

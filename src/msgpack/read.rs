@@ -2,10 +2,10 @@
 //! (field lookup for templates), and decoding it into fields for the rare paths that edit a
 //! record (truncation, dead-letter stubs) or write it as JSON.
 //!
-//! The maps read here were written by perapera ([`crate::encode`]), so they are well formed;
+//! The maps read here were written by perapera ([`super::write`]), so they are well formed;
 //! every read is still bounds-checked, and a malformed map reads as shorter, never panics.
 
-use crate::record::Value;
+use super::Value;
 
 /// The byte after the value that starts at `pos`, or `None` if it runs past the end.
 pub fn skip(b: &[u8], pos: usize) -> Option<usize> {
@@ -198,7 +198,7 @@ pub fn render(raw: &[u8], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode;
+    use crate::msgpack::write as encode;
     use proptest::prelude::*;
 
     fn sample() -> Vec<(String, Value)> {
@@ -235,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn render_values() {
+    fn render_gives_text_numbers_and_the_first_of_an_array_and_nothing_for_a_map() {
         let mut buf = Vec::new();
         encode::fields_into(&sample(), &mut buf);
         let r = |name: &str| {
