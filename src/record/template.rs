@@ -30,6 +30,17 @@ pub struct TemplateError {
 }
 
 impl Template {
+    /// A template that renders as `text`, braces and all.
+    pub fn literal(text: &str) -> Template {
+        Template {
+            source: text.replace('{', "{{").replace('}', "}}"),
+            parts: (!text.is_empty())
+                .then(|| Part::Literal(text.to_string()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// Parses a template.
     pub fn parse(s: &str) -> Result<Template, TemplateError> {
         let err = |reason| TemplateError {
@@ -206,5 +217,15 @@ mod tests {
         let mut t = "..".to_string();
         sanitize_topic(&mut t);
         assert_eq!(t, "_..");
+    }
+
+    #[test]
+    fn a_literal_template_equals_its_escaped_parse_and_renders_its_text() {
+        for text in ["perapera", "a{b}c", "{{", ""] {
+            let t = Template::literal(text);
+            assert_eq!(t, Template::parse(&t.to_string()).unwrap(), "{text:?}");
+            assert_eq!(t.render(&Record::default()), text);
+            assert!(t.is_static());
+        }
     }
 }
