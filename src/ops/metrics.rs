@@ -188,7 +188,7 @@ pub struct Health {
 impl Stats {
     /// Counters for these source names.
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Stats {
-        PROCESS_START.get_or_init(|| crate::clock::unix_secs_f64());
+        PROCESS_START.get_or_init(crate::clock::unix_secs_f64);
         Stats {
             sources: names
                 .into_iter()

@@ -1,0 +1,282 @@
+//! Start-up wiring: the metrics endpoint, the state directory and its checkpoint, the sink,
+//! one reader per source, and the window's shares.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::inlets::{share, Inlets};
+use super::retry::{Backoff, RetryQueue};
+use super::waits::TopicWaits;
+use super::window::{Acked, SourceState};
+use super::{Pipeline, RunError};
+use crate::checkpoint::{Checkpoint, FileOffsets, SourceCheckpoint, StateDir, Watermark};
+use crate::config::{Config, Oversize, SinkConfig, SourceConfig, SourceKind, StartAt};
+use crate::ops::http::Endpoint;
+use crate::ops::metrics::Stats;
+use crate::ops::ratelimit::RateLimit;
+use crate::sink::{Ack, Sink};
+use crate::source::files::FilesReader;
+use crate::source::forward::ForwardReader;
+use crate::source::journal::{self, JournalReader, Start};
+use crate::source::{Batch, SourceError};
+
+/// Everything `run` needs once the agent is up.
+pub(super) struct Started {
+    pub(super) pipeline: Pipeline,
+    pub(super) inlets: Inlets,
+    pub(super) acks: mpsc::UnboundedReceiver<Ack>,
+    pub(super) readers: Vec<JoinHandle<()>>,
+    /// Tells the readers to stop.
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) limits: Limits,
+    /// Serves /metrics and /health while it lives.
+    pub(super) endpoint: Option<Endpoint>,
+}
+
+/// The window's bounds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// At most this many entries per batch from a source.
+    pub(super) batch_entries: usize,
+    /// At most about this many bytes per batch.
+    pub(super) batch_bytes: usize,
+    /// What one source may hold of the window: (entries, bytes).
+    pub(super) shares: (usize, usize),
+}
+
+/// Opens everything, in the order that makes failures clear: the endpoint first (/health
+/// says 503 "starting" until the sources are open), then the state directory's lock, the
+/// sink, and the sources.
+pub(super) fn start(config: &Config) -> Result<Started, RunError> {
+    let mut stats = Stats::new(config.sources.iter().map(|s| s.name.as_str()));
+    stats.sink = match &config.sink {
+        SinkConfig::Kafka(_) => "kafka",
+        SinkConfig::Forward(_) => "forward",
+        SinkConfig::Stdout => "stdout",
+    }
+    .to_string();
+    let stats = Arc::new(stats);
+    // Dropped when `run` returns, whichever way: that stops the endpoint's thread.
+    let endpoint = match &config.metrics.address {
+        Some(address) => {
+            match crate::ops::http::spawn(
+                address.clone(),
+                stats.clone(),
+                config.metrics.unhealthy_after,
+            ) {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot start the metrics thread; shipping goes on without it");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let state = StateDir::lock(&config.state.directory)?;
+    let checkpoint = state.load()?;
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
+    let (inlets, senders) = Inlets::new(config.sources.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    // A batch is taken only when it fits the window, so the window is a strict bound (it is
+    // also the duplicate bound after a crash): batches are at most a quarter of it.
+    let batch_entries = (config.pipeline.max_in_flight / 4).clamp(1, 512);
+    let batch_bytes = (config.pipeline.max_in_flight_bytes / 4).clamp(1, 1 << 20);
+    let mut readers = Vec::new();
+    for (index, source) in config.sources.iter().enumerate() {
+        let context = ReaderContext {
+            index,
+            batch_entries,
+            batch_bytes,
+            stats: &stats,
+            tx: senders[index].clone(),
+            stop: &stop,
+        };
+        match spawn_reader(source, &checkpoint, context) {
+            Ok(h) => readers.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        }
+    }
+    drop(senders);
+    // Each source may hold its share of the window, so that a source whose entries wait (for
+    // a topic, say) cannot stop the others; the checkpoint is written once half of what the
+    // others may hold waits on it.
+    let max_in_flight = config.pipeline.max_in_flight;
+    let shares = (
+        share(max_in_flight, config.sources.len(), batch_entries),
+        share(
+            config.pipeline.max_in_flight_bytes,
+            config.sources.len(),
+            batch_bytes,
+        ),
+    );
+    let persist_at = match config.sources.len() {
+        1 => max_in_flight / 2,
+        _ => max_in_flight.saturating_sub(shares.0) / 2,
+    }
+    .max(1);
+    tracing::info!(
+        sink = sink.kind(),
+        sources = config.sources.len(),
+        max_in_flight = config.pipeline.max_in_flight,
+        "perapera is running"
+    );
+    let pipeline = Pipeline {
+        sources: config
+            .sources
+            .iter()
+            .map(|s| source_state(s, &checkpoint))
+            .collect(),
+        sink,
+        oversize: match &config.sink {
+            SinkConfig::Kafka(k) => k.oversize.clone(),
+            SinkConfig::Stdout | SinkConfig::Forward(_) => Oversize::Truncate,
+        },
+        in_flight: 0,
+        unpersisted: 0,
+        persist_at,
+        retry: RetryQueue::default(),
+        topic_fallback: match &config.sink {
+            SinkConfig::Kafka(k) => k.topic_fallback.clone(),
+            _ => None,
+        },
+        topic_waits: TopicWaits::default(),
+        backoff: Backoff::default(),
+        fatal: false,
+        closed: None,
+        stats,
+        limit: RateLimit::new(Duration::from_secs(10)),
+        checkpoint,
+        state,
+        progressed: false,
+    };
+    Ok(Started {
+        pipeline,
+        inlets,
+        acks,
+        readers,
+        stop,
+        limits: Limits {
+            batch_entries,
+            batch_bytes,
+            shares,
+        },
+        endpoint,
+    })
+}
+
+/// What every source's reader is given, whatever its kind.
+struct ReaderContext<'a> {
+    index: usize,
+    batch_entries: usize,
+    batch_bytes: usize,
+    stats: &'a Arc<Stats>,
+    tx: mpsc::Sender<Batch>,
+    stop: &'a Arc<AtomicBool>,
+}
+
+/// Starts the reader of `source`, resuming from its checkpoint.
+fn spawn_reader(
+    source: &SourceConfig,
+    checkpoint: &Checkpoint,
+    cx: ReaderContext<'_>,
+) -> Result<JoinHandle<()>, SourceError> {
+    let ReaderContext {
+        index,
+        batch_entries,
+        batch_bytes,
+        stats,
+        tx,
+        stop,
+    } = cx;
+    match &source.kind {
+        SourceKind::Journal(jc) => {
+            let start = match checkpoint.journal_cursor(&source.name) {
+                Some(c) => Start::After(c.to_string()),
+                None => Start::Fresh(jc.start_at),
+            };
+            tracing::info!(source = %source.name, start = ?start, "Opening journal source");
+            let reader = JournalReader {
+                index,
+                name: source.name.clone(),
+                config: jc.clone(),
+                start,
+                batch_entries,
+                batch_bytes,
+                stats: stats.clone(),
+            }
+            .spawn(tx, stop.clone());
+            // Once the journal opened: a journal that cannot be opened is reported once.
+            if reader.is_ok() {
+                journal::spawn_prober(
+                    index,
+                    source.name.clone(),
+                    jc.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                );
+            }
+            reader
+        }
+        SourceKind::Files(fc) => {
+            let saved = checkpoint
+                .files(&source.name)
+                .map(|f| FileOffsets::new(f, fc.forget_after).saved());
+            tracing::info!(source = %source.name, include = ?fc.include,
+                files_in_checkpoint = saved.as_ref().map_or(0, Vec::len), "Opening files source");
+            FilesReader {
+                index,
+                name: source.name.clone(),
+                config: fc.clone(),
+                saved,
+                batch_entries,
+                batch_bytes,
+                stats: stats.clone(),
+            }
+            .spawn(tx, stop.clone())
+        }
+        SourceKind::Forward(fc) => ForwardReader {
+            index,
+            name: source.name.clone(),
+            config: fc.clone(),
+            batch_entries,
+            batch_bytes,
+            stats: stats.clone(),
+        }
+        .spawn(tx, stop.clone()),
+    }
+}
+
+/// A source's state in the pipeline, from its checkpoint.
+fn source_state(s: &SourceConfig, checkpoint: &Checkpoint) -> SourceState {
+    SourceState {
+        name: s.name.clone(),
+        window: Watermark::default(),
+        bytes: 0,
+        acked: match &s.kind {
+            SourceKind::Journal(_) => Acked::Journal(None),
+            SourceKind::Files(fc) => Acked::Files(FileOffsets::new(
+                checkpoint.files(&s.name).unwrap_or_default(),
+                fc.forget_after,
+            )),
+            SourceKind::Forward(_) => Acked::Forward,
+        },
+        dirty: false,
+        saved_entry_us: match checkpoint.sources.get(&s.name) {
+            Some(SourceCheckpoint::Journal { entry_time_us, .. }) => Some(*entry_time_us),
+            _ => None,
+        },
+        start_at: match &s.kind {
+            SourceKind::Journal(j) => j.start_at,
+            _ => StartAt::Head,
+        },
+    }
+}
