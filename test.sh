@@ -8,6 +8,8 @@ cd "$(dirname "$0")"
 scripts/deps.sh --test
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+# The module graph: no import circle, no file over 500 lines of code.
+python3 scripts/modgraph.py src
 cargo test --locked -- --test-threads 2
 cat target/chaos-report.txt
 # Every fuzz target for 60 s (PERAPERA_FUZZ_SECONDS overrides), two at a time.

@@ -22,7 +22,7 @@ use crate::sink::{Ack, Sink};
 use crate::source::files::FilesReader;
 use crate::source::forward::ForwardReader;
 use crate::source::journal::{self, JournalReader, Start};
-use crate::source::{Batch, SourceError};
+use crate::source::{Batch, ReaderContext, SourceError};
 
 /// Everything `run` needs once the agent is up.
 pub(super) struct Started {
@@ -87,17 +87,30 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
     // also the duplicate bound after a crash): batches are at most a quarter of it.
     let batch_entries = (config.pipeline.max_in_flight / 4).clamp(1, 512);
     let batch_bytes = (config.pipeline.max_in_flight_bytes / 4).clamp(1, 1 << 20);
+    // One FileOffsets per files source, in its state: the reader resumes from its entries
+    // under the keys the pipeline's acknowledgements will use.
+    let sources: Vec<SourceState> = config
+        .sources
+        .iter()
+        .map(|s| source_state(s, &checkpoint))
+        .collect();
     let mut readers = Vec::new();
-    for (index, source) in config.sources.iter().enumerate() {
-        let context = ReaderContext {
+    for (index, (source, state)) in config.sources.iter().zip(&sources).enumerate() {
+        let cx = ReaderContext {
             index,
+            name: source.name.clone(),
             batch_entries,
             batch_bytes,
-            stats: &stats,
-            tx: senders[index].clone(),
-            stop: &stop,
+            stats: stats.clone(),
         };
-        match spawn_reader(source, &checkpoint, context) {
+        match spawn_reader(
+            source,
+            state,
+            &checkpoint,
+            cx,
+            senders[index].clone(),
+            &stop,
+        ) {
             Ok(h) => readers.push(h),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
@@ -130,11 +143,7 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
         "perapera is running"
     );
     let pipeline = Pipeline {
-        sources: config
-            .sources
-            .iter()
-            .map(|s| source_state(s, &checkpoint))
-            .collect(),
+        sources,
         sink,
         oversize: match &config.sink {
             SinkConfig::Kafka(k) => k.oversize.clone(),
@@ -173,30 +182,15 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
     })
 }
 
-/// What every source's reader is given, whatever its kind.
-struct ReaderContext<'a> {
-    index: usize,
-    batch_entries: usize,
-    batch_bytes: usize,
-    stats: &'a Arc<Stats>,
-    tx: mpsc::Sender<Batch>,
-    stop: &'a Arc<AtomicBool>,
-}
-
 /// Starts the reader of `source`, resuming from its checkpoint.
 fn spawn_reader(
     source: &SourceConfig,
+    state: &SourceState,
     checkpoint: &Checkpoint,
-    cx: ReaderContext<'_>,
+    cx: ReaderContext,
+    tx: mpsc::Sender<Batch>,
+    stop: &Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, SourceError> {
-    let ReaderContext {
-        index,
-        batch_entries,
-        batch_bytes,
-        stats,
-        tx,
-        stop,
-    } = cx;
     match &source.kind {
         SourceKind::Journal(jc) => {
             let start = match checkpoint.journal_cursor(&source.name) {
@@ -204,52 +198,37 @@ fn spawn_reader(
                 None => Start::Fresh(jc.start_at),
             };
             tracing::info!(source = %source.name, start = ?start, "Opening journal source");
+            let (index, stats) = (cx.index, cx.stats.clone());
             let reader = JournalReader {
-                index,
-                name: source.name.clone(),
+                cx,
                 config: jc.clone(),
                 start,
-                batch_entries,
-                batch_bytes,
-                stats: stats.clone(),
             }
             .spawn(tx, stop.clone());
             // Once the journal opened: a journal that cannot be opened is reported once.
             if reader.is_ok() {
-                journal::spawn_prober(
-                    index,
-                    source.name.clone(),
-                    jc.clone(),
-                    stats.clone(),
-                    stop.clone(),
-                );
+                journal::spawn_prober(index, source.name.clone(), jc.clone(), stats, stop.clone());
             }
             reader
         }
         SourceKind::Files(fc) => {
-            let saved = checkpoint
-                .files(&source.name)
-                .map(|f| FileOffsets::new(f, fc.forget_after).saved());
+            // `None`: this source never ran (no entry in the checkpoint).
+            let saved = match (&state.acked, checkpoint.files(&source.name)) {
+                (Acked::Files(offsets), Some(_)) => Some(offsets.saved()),
+                _ => None,
+            };
             tracing::info!(source = %source.name, include = ?fc.include,
                 files_in_checkpoint = saved.as_ref().map_or(0, Vec::len), "Opening files source");
             FilesReader {
-                index,
-                name: source.name.clone(),
+                cx,
                 config: fc.clone(),
                 saved,
-                batch_entries,
-                batch_bytes,
-                stats: stats.clone(),
             }
             .spawn(tx, stop.clone())
         }
         SourceKind::Forward(fc) => ForwardReader {
-            index,
-            name: source.name.clone(),
+            cx,
             config: fc.clone(),
-            batch_entries,
-            batch_bytes,
-            stats: stats.clone(),
         }
         .spawn(tx, stop.clone()),
     }

@@ -45,9 +45,9 @@ impl JournalReader {
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, SourceError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let name = self.name.clone();
+        let name = self.cx.name.clone();
         let handle = std::thread::Builder::new()
-            .name(format!("journal:{}", self.name))
+            .name(format!("journal:{}", self.cx.name))
             .spawn(move || {
                 let mut journal = match self.open() {
                     Ok(j) => {
@@ -79,14 +79,14 @@ impl JournalReader {
     }
 
     fn open(&self) -> Result<Journal, SourceError> {
-        let mut j = open_journal(&self.name, &self.config)?;
+        let mut j = open_journal(&self.cx.name, &self.config)?;
         self.position(&mut j)?;
         Ok(j)
     }
 
     fn open_err(&self, reason: String) -> SourceError {
         SourceError::Open {
-            source_name: self.name.clone(),
+            source_name: self.cx.name.clone(),
             reason,
         }
     }
@@ -105,7 +105,7 @@ impl JournalReader {
             Start::After(cursor) => {
                 j.seek_cursor(cursor.as_str())
                     .map_err(|e| SourceError::BadCursor {
-                        source_name: self.name.clone(),
+                        source_name: self.cx.name.clone(),
                         cursor: cursor.clone(),
                         reason: e.to_string(),
                     })?;
@@ -133,18 +133,18 @@ impl JournalReader {
     }
 
     fn report_gap(&self, j: &Journal, saved: &str) {
-        self.stats.gap(&self.name);
+        self.cx.stats.gap(&self.cx.name);
         let current = j.cursor().unwrap_or_default();
         let lost = entries_lost(saved, &current);
         match lost {
             Some(n) if self.config.matches.is_empty() => tracing::warn!(
-                source = %self.name, lost_entries = n, saved_cursor = saved, resumed_at = %current,
+                source = %self.cx.name, lost_entries = n, saved_cursor = saved, resumed_at = %current,
                 "Journal cursor no longer exists (journal vacuumed or rotated away while \
                  perapera was not reading); resuming at the oldest entry after it; \
                  {n} entries were lost"
             ),
             _ => tracing::warn!(
-                source = %self.name, saved_cursor = saved, resumed_at = %current,
+                source = %self.cx.name, saved_cursor = saved, resumed_at = %current,
                 "Journal cursor no longer exists (journal vacuumed or rotated away while \
                  perapera was not reading); resuming at the oldest entry after it; entries \
                  between the two may be lost"
@@ -153,7 +153,7 @@ impl JournalReader {
     }
 
     fn read_loop(&self, j: &mut Journal, tx: &mpsc::Sender<Batch>, stop: &AtomicBool) {
-        let mut batch = Vec::with_capacity(self.batch_entries);
+        let mut batch = Vec::with_capacity(self.cx.batch_entries);
         let mut batch_bytes = 0usize;
         let mut since_process = 0u32;
         let mut failures = 0u32;
@@ -168,7 +168,7 @@ impl JournalReader {
                         }
                     }
                     if let Err(e) = j.wait(Some(WAIT)) {
-                        tracing::warn!(source = %self.name, error = %e, "Waiting for journal changes failed; retrying");
+                        tracing::warn!(source = %self.cx.name, error = %e, "Waiting for journal changes failed; retrying");
                         std::thread::sleep(RETRY);
                     }
                     continue;
@@ -177,7 +177,7 @@ impl JournalReader {
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
-                        tracing::error!(source = %self.name, error = %e, failures,
+                        tracing::error!(source = %self.cx.name, error = %e, failures,
                             "Reading the next journal entry failed; retrying");
                     }
                     std::thread::sleep(RETRY * failures.min(25));
@@ -192,8 +192,8 @@ impl JournalReader {
                 Err(e) => {
                     // A corrupt entry (-EBADMSG) or a field we cannot decode: skip the one
                     // entry, count it, keep reading. Its successor's cursor covers it.
-                    self.stats.failed(&self.name, "unreadable");
-                    tracing::error!(source = %self.name, error = %e,
+                    self.cx.stats.failed(&self.cx.name, "unreadable");
+                    tracing::error!(source = %self.cx.name, error = %e,
                         cursor = %j.cursor().unwrap_or_default(),
                         "Skipping a journal entry that cannot be read (corrupt journal file?)");
                 }
@@ -203,7 +203,7 @@ impl JournalReader {
                 since_process = 0;
                 let _ = j.process();
             }
-            if batch.len() >= self.batch_entries || batch_bytes >= self.batch_bytes {
+            if batch.len() >= self.cx.batch_entries || batch_bytes >= self.cx.batch_bytes {
                 batch_bytes = 0;
                 if !self.send(tx, &mut batch) {
                     return;
@@ -214,10 +214,10 @@ impl JournalReader {
 
     /// Hands the batch to the pipeline, blocking while it is full. False when it is gone.
     fn send(&self, tx: &mpsc::Sender<Batch>, batch: &mut Vec<Record>) -> bool {
-        let records = std::mem::replace(batch, Vec::with_capacity(self.batch_entries));
-        self.stats.read(&self.name, records.len() as u64);
+        let records = std::mem::replace(batch, Vec::with_capacity(self.cx.batch_entries));
+        self.cx.stats.read(&self.cx.name, records.len() as u64);
         tx.blocking_send(Batch {
-            source: self.index,
+            source: self.cx.index,
             records,
             events: Vec::new(),
         })

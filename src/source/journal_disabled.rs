@@ -26,7 +26,7 @@ impl JournalReader {
         _stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, SourceError> {
         Err(SourceError::Open {
-            source_name: self.name,
+            source_name: self.cx.name,
             reason: MISSING.into(),
         })
     }

@@ -1,10 +1,8 @@
 //! What the pipeline hands a journal source: where to start and the reader's settings.
 //! Shared by the journal source and its stand-in in builds without the `journal` feature.
 
-use std::sync::Arc;
-
 use crate::config::{JournalConfig, StartAt};
-use crate::ops::metrics::Stats;
+use crate::source::ReaderContext;
 
 /// How the reader positions itself at start.
 #[derive(Debug, Clone)]
@@ -29,18 +27,10 @@ pub fn lag_us(newest: u64, oldest: u64, acked: Option<u64>, start_at: StartAt) -
 
 /// Settings for one journal reader thread.
 pub struct JournalReader {
-    /// Index of the source in the config (tags batches).
-    pub index: usize,
-    /// Source name (for logs).
-    pub name: String,
+    /// Which source, its name, its batch bounds and its counters.
+    pub cx: ReaderContext,
     /// The source's config.
     pub config: JournalConfig,
     /// Where to begin.
     pub start: Start,
-    /// Most entries in one batch.
-    pub batch_entries: usize,
-    /// A batch is handed over once it holds this many bytes.
-    pub batch_bytes: usize,
-    /// Counters.
-    pub stats: Arc<Stats>,
 }

@@ -19,7 +19,23 @@ pub mod walk;
 
 use std::sync::Arc;
 
+use crate::ops::metrics::Stats;
 use crate::record::{FileRef, Record};
+
+/// What every source's reader is given, whatever its kind.
+#[derive(Debug, Clone)]
+pub struct ReaderContext {
+    /// Index of the source in the configuration (tags its batches).
+    pub index: usize,
+    /// The source's name.
+    pub name: String,
+    /// At most this many entries per batch.
+    pub batch_entries: usize,
+    /// A batch is handed over once it holds about this many bytes.
+    pub batch_bytes: usize,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
 
 /// A batch of entries from one source, in read order.
 #[derive(Debug, Default)]

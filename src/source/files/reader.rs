@@ -12,25 +12,17 @@ use tokio::sync::mpsc;
 use super::Tailer;
 use crate::checkpoint::FileCheckpoint;
 use crate::config::FilesConfig;
-use crate::ops::metrics::Stats;
+use crate::source::ReaderContext;
 use crate::source::{Batch, SourceError};
 
 /// Settings for one files reader thread.
 pub struct FilesReader {
-    /// Index of the source in the config (tags batches).
-    pub index: usize,
-    /// Source name.
-    pub name: String,
+    /// Which source, its name, its batch bounds and its counters.
+    pub cx: ReaderContext,
     /// The source's config.
     pub config: FilesConfig,
     /// The source's checkpoint entries with their keys (`None`: it never ran).
     pub saved: Option<Vec<(u64, FileCheckpoint)>>,
-    /// Most entries in one batch.
-    pub batch_entries: usize,
-    /// A batch is handed over once it holds this many bytes.
-    pub batch_bytes: usize,
-    /// Counters.
-    pub stats: Arc<Stats>,
 }
 
 /// Longest sleep between checks when inotify works (events wake us sooner) and when it does
@@ -46,7 +38,7 @@ impl FilesReader {
         tx: mpsc::Sender<Batch>,
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, SourceError> {
-        let name = self.name.clone();
+        let name = self.cx.name.clone();
         std::thread::Builder::new()
             .name(format!("files:{name}"))
             .spawn(move || self.run(&tx, &stop))
@@ -59,34 +51,36 @@ impl FilesReader {
     pub(super) fn run(self, tx: &mpsc::Sender<Batch>, stop: &AtomicBool) {
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let rescan = Arc::new(AtomicBool::new(false));
-        let watcher = watch(&self.name, &self.config.include, wake_tx, rescan.clone());
+        let watcher = watch(&self.cx.name, &self.config.include, wake_tx, rescan.clone());
         let poll = if watcher.is_some() {
             POLL_WATCHED
         } else {
             POLL_UNWATCHED
         };
         let mut tailer = Tailer::new(
-            &self.name,
+            &self.cx.name,
             self.config.clone(),
             self.saved.clone(),
-            self.stats.clone(),
+            self.cx.stats.clone(),
         );
         let mut next_scan = Instant::now();
-        let mut batch = Vec::with_capacity(self.batch_entries);
+        let mut batch = Vec::with_capacity(self.cx.batch_entries);
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= next_scan || rescan.swap(false, Ordering::Relaxed) {
                 tailer.scan();
                 next_scan = now + self.config.rescan_interval;
             }
-            let progressed = tailer.read(&mut batch, self.batch_entries, self.batch_bytes, now);
+            let progressed =
+                tailer.read(&mut batch, self.cx.batch_entries, self.cx.batch_bytes, now);
             tailer.tick(now, &mut batch);
             let events = tailer.take_events();
             if !batch.is_empty() || !events.is_empty() {
-                let records = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_entries));
-                self.stats.read(&self.name, records.len() as u64);
+                let records =
+                    std::mem::replace(&mut batch, Vec::with_capacity(self.cx.batch_entries));
+                self.cx.stats.read(&self.cx.name, records.len() as u64);
                 let sent = tx.blocking_send(Batch {
-                    source: self.index,
+                    source: self.cx.index,
                     events,
                     records,
                 });

@@ -329,8 +329,9 @@ async fn request(
     if markers > 0 {
         shared
             .reader
+            .cx
             .stats
-            .note(&shared.reader.name, "skipped_group_markers", markers);
+            .note(&shared.reader.cx.name, "skipped_group_markers", markers);
     }
     if head.options.chunk.is_some() {
         owe_ack();
@@ -369,7 +370,7 @@ async fn submit(
     }
     let pending = RequestAck::new(peer.to_string(), n, reply);
     let now = crate::clock::unix_ns();
-    let mut records = Vec::with_capacity(n.min(reader.batch_entries));
+    let mut records = Vec::with_capacity(n.min(reader.cx.batch_entries));
     let mut bytes = 0usize;
     for entry in head.entries(reader.config.max_request_bytes) {
         // Every entry was checked by the caller.
@@ -394,7 +395,7 @@ async fn submit(
         let record = Record::from_fields(&fields, time_ns, Position::Forward(pending.clone()));
         bytes += record.byte_size();
         records.push(record);
-        if records.len() >= reader.batch_entries || bytes >= reader.batch_bytes {
+        if records.len() >= reader.cx.batch_entries || bytes >= reader.cx.batch_bytes {
             bytes = 0;
             if !send(shared, std::mem::take(&mut records)).await {
                 return false;
@@ -407,12 +408,13 @@ async fn submit(
 async fn send(shared: &Shared, records: Vec<Record>) -> bool {
     shared
         .reader
+        .cx
         .stats
-        .read(&shared.reader.name, records.len() as u64);
+        .read(&shared.reader.cx.name, records.len() as u64);
     shared
         .tx
         .send(Batch {
-            source: shared.reader.index,
+            source: shared.reader.cx.index,
             events: Vec::new(),
             records,
         })

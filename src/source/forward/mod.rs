@@ -30,25 +30,17 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::config::ForwardSourceConfig;
-use crate::ops::metrics::Stats;
 use crate::ops::ratelimit::RateLimit;
+use crate::source::ReaderContext;
 use crate::source::{Batch, SourceError};
 use budget::Budget;
 
 /// Starts a forward source.
 pub struct ForwardReader {
-    /// Index in the configuration.
-    pub index: usize,
-    /// The source's name.
-    pub name: String,
+    /// Which source, its name, its batch bounds and its counters.
+    pub cx: ReaderContext,
     /// Settings.
     pub config: ForwardSourceConfig,
-    /// At most this many entries per batch.
-    pub batch_entries: usize,
-    /// At most about this many bytes per batch.
-    pub batch_bytes: usize,
-    /// Counters.
-    pub stats: Arc<Stats>,
 }
 
 /// How often the stop flag is looked at.
@@ -125,7 +117,7 @@ impl ForwardReader {
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, SourceError> {
         let err = |reason: String| SourceError::Open {
-            source_name: self.name.clone(),
+            source_name: self.cx.name.clone(),
             reason,
         };
         let tls = match &self.config.tls {
@@ -142,9 +134,9 @@ impl ForwardReader {
             .set_nonblocking(true)
             .map_err(|e| err(format!("listener: {e}")))?;
         let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
-        tracing::info!(source = %self.name, listen = %local, tls = tls.is_some(),
+        tracing::info!(source = %self.cx.name, listen = %local, tls = tls.is_some(),
             handshake = self.config.shared_key.is_some(), "Forward source listening");
-        let name = self.name.clone();
+        let name = self.cx.name.clone();
         let budget = Budget::new(self.config.max_buffer_bytes);
         let shared = Arc::new(Shared {
             reader: self,
@@ -173,7 +165,7 @@ async fn listen(shared: Arc<Shared>, listener: std::net::TcpListener) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(source = %shared.reader.name, error = %e, "Forward listener failed");
+            tracing::error!(source = %shared.reader.cx.name, error = %e, "Forward listener failed");
             return;
         }
     };
@@ -225,7 +217,7 @@ async fn listen(shared: Arc<Shared>, listener: std::net::TcpListener) {
 
 impl Shared {
     fn name(&self) -> &str {
-        &self.reader.name
+        &self.reader.cx.name
     }
 
     /// Registers a new connection, making room at the limit; `None` refuses it.
@@ -309,7 +301,7 @@ impl Shared {
     }
 
     fn count(&self, what: &'static str) {
-        self.reader.stats.note(self.name(), what, 1);
+        self.reader.cx.stats.note(self.name(), what, 1);
     }
 
     fn log(&self, cause: &str, message: &str, peer: Option<SocketAddr>) {
