@@ -19,8 +19,9 @@ pub mod walk;
 
 use std::sync::Arc;
 
+pub use crate::checkpoint::FileEvent;
 use crate::ops::metrics::Stats;
-use crate::record::{FileRef, Record};
+use crate::record::Record;
 
 /// What every source's reader is given, whatever its kind.
 #[derive(Debug, Clone)]
@@ -47,24 +48,6 @@ pub struct Batch {
     pub events: Vec<FileEvent>,
     /// The entries.
     pub records: Vec<Record>,
-}
-
-/// News from a files source that the checkpoint must reflect though no entry carries it.
-#[derive(Debug, Clone)]
-pub enum FileEvent {
-    /// Reading of this file identity starts (or resumes) at `offset`: a file first seen at
-    /// its end is checkpointed there before any of its lines is acknowledged.
-    Start {
-        /// The file.
-        file: Arc<FileRef>,
-        /// Where reading starts.
-        offset: u64,
-    },
-    /// The file's identity (fingerprint over more bytes) or path changed; its offset did not.
-    Identity(Arc<FileRef>),
-    /// A scan finished: the files with these keys ([`FileRef::key`]) are followed. The
-    /// checkpoints of the others age towards `forget_after`.
-    Seen(Vec<u64>),
 }
 
 /// A source that cannot start.
