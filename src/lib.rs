@@ -1,17 +1,23 @@
-//! perapera: a host-local log shipper that reads the systemd journal, encodes each entry as
-//! MessagePack, produces it to Kafka (or writes JSON lines to stdout), and persists the
-//! journal cursor only over entries the sink acknowledged.
+//! perapera: a host-local log shipper. It reads the systemd journal, log files (Kubernetes
+//! pod logs too) or Fluentd Forward senders, encodes each entry as MessagePack, produces it to
+//! Kafka or forwards it to an aggregator (or writes JSON lines to stdout), and moves its
+//! saved position only over entries the sink acknowledged.
 //!
-//! # Layout
+//! # Layout, in the order data flows through it
 //!
-//! - [`config`]: the TOML file, parsed then validated.
-//! - [`record`]: the entry type, field values and templates.
-//! - [`encode`]: MessagePack and JSON encoding.
-//! - [`checkpoint`]: the acknowledgement watermark, the atomic checkpoint file and the lock.
-//! - [`pipeline`]: source → sink wiring, the in-flight window, retries, shutdown.
-//! - [`source`]: the journal reader (one OS thread per journal).
-//! - [`sink`]: Kafka and stdout.
-//! - [`ops`]: counters and rate-limited logging.
+//! - [`config`]: the TOML file, parsed, validated and built, one file per source and sink kind.
+//! - [`source`]: where entries come from (journal, files, forward), each on its own thread.
+//! - [`msgpack`]: a field's `Value`, and MessagePack writing and reading.
+//! - [`position`]: where an entry is in its source (cursor, file offset, forward request).
+//! - [`record`]: an entry on its way (its encoded map and time) and templates over its fields.
+//! - [`pipeline`]: source → sink: the in-flight window, acks, retries, oversize, shutdown.
+//! - [`sink`]: Kafka, forward and stdout.
+//! - [`forward`]: the Fluentd Forward protocol codec, shared by the forward source and sink.
+//! - [`tls`]: TLS for the forward listener and the forward sink.
+//! - [`checkpoint`]: the acknowledgement watermark, file offsets, the state file and its lock.
+//! - [`ops`]: metrics and /health, `check`, `cursor`, logging, signals, systemd notifications.
+//! - [`clock`]: wall-clock time since the epoch.
+//! - [`host`]: the host name stamped on what is read.
 //! - [`memory`]: when to give freed memory back to the system.
 //! - [`runtime`]: a thread with its own single-threaded tokio runtime.
 //!

@@ -6,12 +6,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use perapera::checkpoint::{self, SourceCheckpoint, StateDir, StateError};
-use perapera::config::{Config, SinkConfig, SourceKind};
+use perapera::checkpoint::{self, StateDir, StateError};
+use perapera::config::Config;
+use perapera::ops::check::CheckError;
+use perapera::ops::logging::LogFormat;
+use perapera::ops::signals::Signals;
 use perapera::pipeline::RunError;
 use perapera::source::SourceError;
 
-/// A host-local log shipper: systemd journal → MessagePack → Kafka, at least once.
+/// A host-local log shipper: the systemd journal, log files or Fluentd Forward senders →
+/// MessagePack → Kafka or a Forward aggregator, at least once.
 #[derive(Parser)]
 #[command(name = "perapera", version, about, propagate_version = true)]
 struct Cli {
@@ -22,16 +26,6 @@ struct Cli {
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// Timestamp, level, message, fields; colours on a terminal.
-    Human,
-    /// For journald: `<priority>` prefix, no timestamp, no colours.
-    Journal,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -96,18 +90,18 @@ const EX_IOERR: u8 = 74;
 /// mimalloc for Rust's allocations (librdkafka and libsystemd keep glibc's malloc). Records
 /// are allocated on a reader thread and freed on librdkafka's delivery thread; glibc's malloc
 /// takes its slow path for every one of them, mimalloc frees them to their page's owner
-/// cheaply. `make bench`: journal 6.9 -> 5.3 CPU-s, files 3.1 -> 2.7 CPU-s.
+/// cheaply (README, Performance).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Memory settings that must be in place before the allocator starts, run as an ELF
 /// constructor of priority 101, ahead of mimalloc's own (unprioritised) one:
 /// - No transparent huge pages for this process (Debian's default is THP "always"): with
-///   them, mimalloc's arenas are backed by 2 MiB pages as soon as one byte is touched (idle
-///   anonymous RSS 2.9 -> 12 MiB). Set from `main`, some pages had already faulted (6.7 MiB).
+///   them, mimalloc's arenas are backed by 2 MiB pages as soon as one byte is touched. Set
+///   from `main`, some pages would already have faulted.
 /// - mimalloc returns freed memory to the system after 100 ms instead of 1 s, unless
-///   `MIMALLOC_PURGE_DELAY` says otherwise (`make bench`, files -> Kafka: anonymous RSS
-///   47 -> 41-43 MiB at the same CPU; 20 ms cost about 9 % more CPU).
+///   `MIMALLOC_PURGE_DELAY` says otherwise (shorter cost CPU; the figures are in the README,
+///   Performance).
 extern "C" fn before_the_allocator() {
     // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers. setenv runs before
     // any other thread exists, with NUL-terminated strings; it keeps a value already set.
@@ -131,7 +125,7 @@ fn release_memory() {
 fn main() -> ExitCode {
     perapera::memory::set_release(release_memory);
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    perapera::ops::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -142,7 +136,13 @@ fn main() -> ExitCode {
             .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir))
             .map_err(|e| (1, format!("writing man pages to {}: {e}", dir.display()))),
         Command::Run { config } => load(config.as_deref()).and_then(run),
-        Command::Check { config } => load(config.as_deref()).and_then(|c| check(&c)),
+        Command::Check { config } => load(config.as_deref()).and_then(|c| {
+            perapera::ops::check::check(&c, &mut std::io::stdout().lock()).map_err(|e| match e {
+                CheckError::Config(m) => (EX_CONFIG, m),
+                CheckError::Checkpoint(e) => state_failure(&e),
+                e @ CheckError::BadCursor(_) => (EX_DATAERR, e.to_string()),
+            })
+        }),
         Command::Cursor { action } => match action {
             CursorAction::Show { config, json } => {
                 load(config.as_deref()).and_then(|c| cursor_show(&c, json))
@@ -162,62 +162,6 @@ fn main() -> ExitCode {
 }
 
 type Failure = (u8, String);
-
-fn init_tracing(format: Option<LogFormat>) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PERAPERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let tty = std::io::stderr().is_terminal();
-    let format = format.unwrap_or(if tty {
-        LogFormat::Human
-    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        LogFormat::Journal
-    } else {
-        LogFormat::Human
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.with_ansi(tty).init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
-        LogFormat::Journal => builder
-            .with_ansi(false)
-            .event_format(SyslogPrefix(
-                tracing_subscriber::fmt::format()
-                    .without_time()
-                    .with_ansi(false),
-            ))
-            .init(),
-    }
-}
-
-/// Prefixes each line with its syslog priority (`<3>` error ... `<7>` debug), which journald
-/// turns into the entry's PRIORITY (SyslogLevelPrefix=yes, the default).
-struct SyslogPrefix<F>(F);
-
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefix<F>
-where
-    F: tracing_subscriber::fmt::FormatEvent<S, N>,
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let priority = match *event.metadata().level() {
-            tracing::Level::ERROR => 3,
-            tracing::Level::WARN => 4,
-            tracing::Level::INFO => 6,
-            _ => 7,
-        };
-        write!(writer, "<{priority}>")?;
-        self.0.format_event(ctx, writer, event)
-    }
-}
 
 fn load(path: Option<&Path>) -> Result<Config, Failure> {
     match path {
@@ -269,195 +213,6 @@ fn run(mut config: Config) -> Result<(), Failure> {
         Err(e @ RunError::OutputClosed(_)) => Err((EX_IOERR, e.to_string())),
         Err(e) => Err((1, e.to_string())),
     }
-}
-
-/// SIGTERM and SIGINT stop perapera; SIGHUP is logged and ignored (there is no configuration
-/// reload: restart to apply a changed configuration).
-struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
-
-impl Signals {
-    fn install() -> Signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(term), Ok(int), Ok(hup)) => Signals(Some([term, int, hup])),
-            _ => {
-                tracing::error!("Cannot install signal handlers; stop perapera with SIGKILL");
-                Signals(None)
-            }
-        }
-    }
-
-    /// Resolves on SIGTERM or SIGINT.
-    async fn shutdown(self) {
-        let Some([mut term, mut int, mut hup]) = self.0 else {
-            return std::future::pending::<()>().await;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                _ = hup.recv() => tracing::warn!(
-                    "SIGHUP ignored: perapera does not reload its configuration; restart it \
-                     (systemctl restart perapera) to apply a changed one"
-                ),
-            }
-        }
-    }
-}
-
-fn describe_source(kind: &SourceKind) -> String {
-    match kind {
-        SourceKind::Journal(j) => {
-            let what = match (&j.directory, &j.namespace) {
-                (Some(d), _) => format!("journal directory {}", d.display()),
-                (None, Some(ns)) => format!("journal namespace {ns:?}"),
-                (None, None) => "the local system journal".to_string(),
-            };
-            let matches = if j.matches.is_empty() {
-                "all entries".to_string()
-            } else {
-                format!("matches {:?}", j.matches)
-            };
-            format!(
-                "{what}, {matches}, start_at {:?} when there is no checkpoint",
-                j.start_at
-            )
-        }
-        SourceKind::Files(f) => format!(
-            "files {:?}{}, format {:?}, start_at {:?} for files first seen",
-            f.include,
-            if f.exclude.is_empty() {
-                String::new()
-            } else {
-                format!(" excluding {:?}", f.exclude)
-            },
-            f.format,
-            f.start_at
-        ),
-        SourceKind::Forward(f) => format!(
-            "forward listener on {}{}{}; acks each request with a chunk once every entry of it is \
-             acknowledged by the sink (no checkpoint: the senders keep the data until then)",
-            f.listen,
-            if f.tls.is_some() { ", TLS" } else { "" },
-            if f.shared_key.is_some() {
-                ", shared-key handshake"
-            } else {
-                ""
-            },
-        ),
-    }
-}
-
-fn check(config: &Config) -> Result<(), Failure> {
-    let origin = config
-        .path
-        .as_ref()
-        .map_or("the embedded default".to_string(), |p| {
-            p.display().to_string()
-        });
-    println!("Configuration {origin} is valid.");
-    println!("State directory: {}", config.state.directory.display());
-    let saved =
-        checkpoint::read_checkpoint(&config.state.directory.join(checkpoint::CHECKPOINT_FILE));
-    for s in &config.sources {
-        println!("Source {:?}: {}", s.name, describe_source(&s.kind));
-        if let SourceKind::Files(f) = &s.kind {
-            let matching: usize = f
-                .include
-                .iter()
-                .filter_map(|p| glob::glob(p).ok())
-                .map(|paths| paths.filter_map(Result::ok).filter(|p| p.is_file()).count())
-                .sum();
-            println!("  {matching} files match now");
-        }
-        if let SourceKind::Journal(perapera::config::JournalConfig {
-            directory: Some(d), ..
-        }) = &s.kind
-        {
-            if !d.is_dir() {
-                return Err((
-                    EX_CONFIG,
-                    format!(
-                        "source {:?}: directory {} does not exist or is not a directory",
-                        s.name,
-                        d.display()
-                    ),
-                ));
-            }
-        }
-        match &saved {
-            Ok(cp) => match cp.sources.get(&s.name) {
-                Some(SourceCheckpoint::Journal { cursor, .. }) => {
-                    if let SourceKind::Journal(jc) = &s.kind {
-                        match perapera::source::journal::check_cursor(&s.name, jc, cursor) {
-                            Ok(()) => {}
-                            Err(e @ SourceError::BadCursor { .. }) => {
-                                return Err((EX_DATAERR, e.to_string()))
-                            }
-                            Err(e) => {
-                                println!("  cannot open the journal to check the cursor: {e}")
-                            }
-                        }
-                    }
-                    println!("  resumes after cursor {cursor}")
-                }
-                Some(SourceCheckpoint::Files { files }) => {
-                    println!(
-                        "  resumes {} files at their checkpointed offsets",
-                        files.len()
-                    )
-                }
-                None if matches!(s.kind, SourceKind::Forward(_)) => {}
-                None => println!("  no checkpoint yet"),
-            },
-            Err(e) => return Err(state_failure(e)),
-        }
-    }
-    match &config.sink {
-        SinkConfig::Stdout => println!("Sink: stdout (one JSON object per line)"),
-        SinkConfig::Kafka(k) => {
-            println!(
-                "Sink: kafka, brokers {}, topic {}, key {}, oversize policy {:?}",
-                k.librdkafka
-                    .get("bootstrap.servers")
-                    .map_or("(mock)", String::as_str),
-                k.topic,
-                k.key
-                    .as_ref()
-                    .map_or("none".to_string(), ToString::to_string),
-                k.oversize
-            );
-            println!(
-                "  at most {} distinct topics; entries whose topic is unknown, not authorized or beyond that {}",
-                k.max_topics,
-                k.topic_fallback.as_ref().map_or_else(
-                    || "wait in the window (/health turns 503 naming the topic)".to_string(),
-                    |t| format!("go to topic_fallback {t:?}")
-                )
-            );
-            for (key, v) in &k.librdkafka {
-                println!("  librdkafka {key} = {v}");
-            }
-        }
-        SinkConfig::Forward(f) => println!(
-            "Sink: forward to {} (failover in this order), tag {}, ack_timeout {:?}{}{}{}",
-            f.servers.join(", "),
-            f.tag,
-            f.ack_timeout,
-            if f.tls.is_some() { ", TLS" } else { "" },
-            if f.shared_key.is_some() {
-                ", shared-key handshake"
-            } else {
-                ""
-            },
-            if f.gzip { ", gzip" } else { "" },
-        ),
-    }
-    Ok(())
 }
 
 fn cursor_show(config: &Config, json: bool) -> Result<(), Failure> {

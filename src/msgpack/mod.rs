@@ -1,4 +1,4 @@
-//! MessagePack, the format of every record: the [`Value`] of a field, [`write`] for encoding
+//! MessagePack, the format of every record: the [`Value`] of a field, [`write`](mod@write) for encoding
 //! (what sources do while reading) and [`read`] for walking an encoded map without decoding
 //! it (templates) or decoding it (the rare paths that edit a record).
 

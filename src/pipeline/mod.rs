@@ -1,7 +1,7 @@
 //! Source → sink wiring: the in-flight window, acknowledgements, retries, the oversize policy,
 //! checkpoints and shutdown. One task owns all of this state, so the hot path takes no locks.
 //!
-//! Every entry read gets a slot in its source's [`Watermark`] and an id that travels through
+//! Every entry read gets a slot in its source's [`Watermark`](crate::checkpoint::Watermark) and an id that travels through
 //! the sink and comes back in an [`Ack`]. The id packs (source, attempt, sequence): re-sending
 //! an entry bumps its attempt, so a stale failure report of an earlier attempt (for example
 //! the purge reports of a producer we replaced) is ignored, while a success of any attempt
@@ -17,11 +17,11 @@
 //! length costs no memory.
 
 //!
-//! `run` reads as start ([`start`]) → loop → drain. The loop's state is [`Pipeline`]: the
-//! window of each source ([`window`]), deliveries and their reports ([`delivery`]) with
-//! retries ([`retry`]), the oversize policy ([`oversize`]), the checkpoint schedule
-//! ([`persist`]), entries waiting for a topic ([`waits`]), the sources' channels
-//! ([`inlets`]) and the gauges ([`status`]).
+//! `run` reads as start (`start`) → loop → drain. The loop's state is `Pipeline`: the
+//! window of each source (`window`), deliveries and their reports (`delivery`) with
+//! retries (`retry`), the oversize policy (`oversize`), the checkpoint schedule
+//! (`persist`), entries waiting for a topic (`waits`), the sources' channels
+//! (`inlets`) and the gauges (`status`).
 
 mod delivery;
 mod inlets;

@@ -2,7 +2,7 @@
 //! position, and hands owned batches to the pipeline over a bounded channel; it never decides
 //! what is "done" (the pipeline's watermark does).
 //!
-//! [`journal`] is the journal source; [`files`] the files source, built from [`format`]
+//! [`journal`] is the journal source; [`files`] the files source, built from [`format`](mod@format)
 //! (line formats) and [`lines`] (offset-tracking line splitting).
 
 pub mod files;

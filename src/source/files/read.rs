@@ -16,7 +16,7 @@ use crate::source::lines::{Line, Part};
 
 impl Tailer {
     /// Reads lines into `out` until it holds `max_entries` records or `max_bytes` bytes,
-    /// giving every file a turn of at most [`TURN_BYTES`] (a busy file cannot starve the
+    /// giving every file a turn of at most `TURN_BYTES` (a busy file cannot starve the
     /// others; files rotated away go first, so their last lines precede their successors').
     /// True if anything was read.
     pub fn read(
