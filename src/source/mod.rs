@@ -8,12 +8,7 @@
 pub mod files;
 pub mod format;
 pub mod forward;
-#[cfg(feature = "journal")]
 pub mod journal;
-#[cfg(not(feature = "journal"))]
-#[path = "journal_disabled.rs"]
-pub mod journal;
-mod journal_settings;
 pub mod lines;
 pub mod walk;
 

@@ -8,10 +8,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-pub use super::journal_settings::{lag_us, JournalReader, Start};
-use super::{Batch, SourceError};
+use super::JournalReader;
 use crate::config::JournalConfig;
 use crate::ops::metrics::Stats;
+use crate::source::{Batch, SourceError};
 
 const MISSING: &str = "this perapera was built without journal support (cargo feature \"journal\")";
 
