@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::position::FileId;
 
 pub use offsets::{FileEvent, FileOffsets};
-pub use state::{read_checkpoint, StateDir, StateError, CHECKPOINT_FILE};
+pub use state::{parse_checkpoint, read_checkpoint, StateDir, StateError, CHECKPOINT_FILE};
 pub use watermark::Watermark;
 
 /// The on-disk checkpoint: one entry per source name.
