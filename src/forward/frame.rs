@@ -6,6 +6,8 @@
 //! the bytes arrive, and every length it accepts is backed by bytes in the buffer before
 //! anything is allocated for it.
 
+use crate::msgpack::tag::{head, Kind as TagKind};
+
 /// Why a byte stream is not a sequence of acceptable MessagePack frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -96,50 +98,21 @@ impl Scanner {
             let Some(&b) = buf.get(start) else {
                 return need(start as u64 + 1, limit);
             };
-            // (header bytes after the marker, body bytes or child count, kind)
-            let (header, kind): (usize, Kind) = match b {
-                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, Kind::Body(0)),
-                0x80..=0x8f => (0, Kind::Children(2 * u64::from(b & 0x0f))),
-                0x90..=0x9f => (0, Kind::Children(u64::from(b & 0x0f))),
-                0xa0..=0xbf => (0, Kind::Body(u64::from(b & 0x1f))),
-                0xc1 => return Err(FrameError::Invalid(start)),
-                0xc4 | 0xd9 => (1, Kind::Len),
-                0xc5 | 0xda => (2, Kind::Len),
-                0xc6 | 0xdb => (4, Kind::Len),
-                0xc7 => (1, Kind::ExtLen),
-                0xc8 => (2, Kind::ExtLen),
-                0xc9 => (4, Kind::ExtLen),
-                0xca => (0, Kind::Body(4)),
-                0xcb => (0, Kind::Body(8)),
-                0xcc | 0xd0 => (0, Kind::Body(1)),
-                0xcd | 0xd1 => (0, Kind::Body(2)),
-                0xce | 0xd2 => (0, Kind::Body(4)),
-                0xcf | 0xd3 => (0, Kind::Body(8)),
-                0xd4 => (0, Kind::Body(2)),
-                0xd5 => (0, Kind::Body(3)),
-                0xd6 => (0, Kind::Body(5)),
-                0xd7 => (0, Kind::Body(9)),
-                0xd8 => (0, Kind::Body(17)),
-                0xdc => (2, Kind::Array),
-                0xdd => (4, Kind::Array),
-                0xde => (2, Kind::Map),
-                0xdf => (4, Kind::Map),
+            let Some(h) = head(b) else {
+                return Err(FrameError::Invalid(start));
             };
             let mut pos = start + 1;
-            let end_of_header = pos + header;
+            let end_of_header = pos + h.len_bytes;
             if buf.len() < end_of_header {
                 return need(end_of_header as u64, limit);
             }
-            let n = buf[pos..end_of_header]
-                .iter()
-                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+            let n = h.count(&buf[pos..end_of_header]).unwrap_or(0);
             pos = end_of_header;
-            let kind = match kind {
-                Kind::Len => Kind::Body(n),
-                Kind::ExtLen => Kind::Body(n + 1),
-                Kind::Array => Kind::Children(n),
-                Kind::Map => Kind::Children(2 * n),
-                k => k,
+            let kind = match h.kind {
+                TagKind::Scalar | TagKind::UInt | TagKind::Str | TagKind::Bin => Kind::Body(n),
+                TagKind::Ext => Kind::Body(n + 1),
+                TagKind::Array => Kind::Children(n),
+                TagKind::Map => Kind::Children(2 * n),
             };
             match kind {
                 Kind::Body(len) => {
@@ -167,7 +140,6 @@ impl Scanner {
                         return Err(FrameError::TooDeep);
                     }
                 }
-                _ => unreachable!("lengths were resolved above"),
             }
             if pos > limit {
                 return Err(FrameError::TooLarge {
@@ -251,13 +223,10 @@ impl JsonScanner {
 }
 
 #[derive(Clone, Copy)]
+/// What follows a header: body bytes, or child values.
 enum Kind {
     Body(u64),
     Children(u64),
-    Len,
-    ExtLen,
-    Array,
-    Map,
 }
 
 fn need(total: u64, limit: usize) -> Result<Scan, FrameError> {

@@ -20,6 +20,7 @@ pub use decode::{decode_head, decode_json, decode_request, json_frame, DecodeErr
 
 use std::io::Write;
 
+use crate::msgpack::tag::{head, Kind as TagKind};
 use crate::msgpack::write as encode;
 use crate::record::Value;
 
@@ -131,11 +132,8 @@ impl Chunk {
     /// The id's bytes (the content of the `str` or `bin`).
     pub fn content(&self) -> &[u8] {
         // Header length: what precedes the content.
-        let header = match self.0.first() {
-            Some(0xa0..=0xbf) => 1,
-            Some(0xd9 | 0xc4) => 2,
-            Some(0xda | 0xc5) => 3,
-            Some(0xdb | 0xc6) => 5,
+        let header = match self.0.first().and_then(|t| head(*t)) {
+            Some(h) if matches!(h.kind, TagKind::Str | TagKind::Bin) => 1 + h.len_bytes,
             _ => return &[],
         };
         self.0.get(header..).unwrap_or(&[])

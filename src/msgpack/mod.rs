@@ -3,6 +3,7 @@
 //! it (templates) or decoding it (the rare paths that edit a record).
 
 pub mod read;
+pub mod tag;
 pub mod write;
 
 pub use read::{entries, fields, find, render, skip, value};

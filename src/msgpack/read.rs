@@ -5,39 +5,17 @@
 //! The maps read here were written by perapera ([`super::write`]), so they are well formed;
 //! every read is still bounds-checked, and a malformed map reads as shorter, never panics.
 
+use super::tag::{head, Head, Kind};
 use super::Value;
 
 /// The byte after the value that starts at `pos`, or `None` if it runs past the end.
 pub fn skip(b: &[u8], pos: usize) -> Option<usize> {
-    let tag = *b.get(pos)?;
-    let p = pos + 1;
-    let end = match tag {
-        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => p,
-        0x80..=0x8f => return skip_n(b, p, 2 * usize::from(tag & 0x0f)),
-        0x90..=0x9f => return skip_n(b, p, usize::from(tag & 0x0f)),
-        0xa0..=0xbf => p + usize::from(tag & 0x1f),
-        0xc4 | 0xd9 => p + 1 + usize::from(*b.get(p)?),
-        0xc5 | 0xda => p + 2 + be(b, p, 2)?,
-        0xc6 | 0xdb => p + 4 + be(b, p, 4)?,
-        0xc7 => p + 2 + usize::from(*b.get(p)?),
-        0xc8 => p + 3 + be(b, p, 2)?,
-        0xc9 => p + 5 + be(b, p, 4)?,
-        0xca => p + 4,
-        0xcb => p + 8,
-        0xcc | 0xd0 => p + 1,
-        0xcd | 0xd1 => p + 2,
-        0xce | 0xd2 => p + 4,
-        0xcf | 0xd3 => p + 8,
-        0xd4 => p + 2,
-        0xd5 => p + 3,
-        0xd6 => p + 5,
-        0xd7 => p + 9,
-        0xd8 => p + 17,
-        0xdc => return skip_n(b, p + 2, be(b, p, 2)?),
-        0xdd => return skip_n(b, p + 4, be(b, p, 4)?),
-        0xde => return skip_n(b, p + 2, 2 * be(b, p, 2)?),
-        0xdf => return skip_n(b, p + 4, 2 * be(b, p, 4)?),
-        0xc1 => return None,
+    let (h, p, n) = header(b, pos)?;
+    let end = match h.kind {
+        Kind::Scalar | Kind::UInt | Kind::Str | Kind::Bin => p.checked_add(n)?,
+        Kind::Ext => p.checked_add(n)?.checked_add(1)?,
+        Kind::Array => return skip_n(b, p, n),
+        Kind::Map => return skip_n(b, p, n.checked_mul(2)?),
     };
     (end <= b.len()).then_some(end)
 }
@@ -49,65 +27,72 @@ fn skip_n(b: &[u8], mut pos: usize, n: usize) -> Option<usize> {
     Some(pos)
 }
 
-/// A big-endian unsigned integer of `n` bytes at `pos`.
-fn be(b: &[u8], pos: usize, n: usize) -> Option<usize> {
-    let bytes = b.get(pos..pos + n)?;
-    Some(
-        bytes
-            .iter()
-            .fold(0usize, |acc, x| (acc << 8) | usize::from(*x)),
-    )
+/// The header of the value at `pos`: what it is, where its body (or first child) starts,
+/// and its count (bytes, items or pairs; see [`Head`]).
+fn header(b: &[u8], pos: usize) -> Option<(Head, usize, usize)> {
+    let h = head(*b.get(pos)?)?;
+    let n = usize::try_from(h.count(b.get(pos + 1..)?)?).ok()?;
+    Some((h, pos + 1 + h.len_bytes, n))
 }
 
 /// A map header at `pos`: (entries, position of the first key).
 fn map_len(b: &[u8], pos: usize) -> Option<(usize, usize)> {
-    match *b.get(pos)? {
-        t @ 0x80..=0x8f => Some((usize::from(t & 0x0f), pos + 1)),
-        0xde => Some((be(b, pos + 1, 2)?, pos + 3)),
-        0xdf => Some((be(b, pos + 1, 4)?, pos + 5)),
+    match header(b, pos)? {
+        (
+            Head {
+                kind: Kind::Map, ..
+            },
+            p,
+            n,
+        ) => Some((n, p)),
         _ => None,
     }
 }
 
 /// An array header at `pos`: (items, position of the first item).
 fn array_len(b: &[u8], pos: usize) -> Option<(usize, usize)> {
-    match *b.get(pos)? {
-        t @ 0x90..=0x9f => Some((usize::from(t & 0x0f), pos + 1)),
-        0xdc => Some((be(b, pos + 1, 2)?, pos + 3)),
-        0xdd => Some((be(b, pos + 1, 4)?, pos + 5)),
+    match header(b, pos)? {
+        (
+            Head {
+                kind: Kind::Array, ..
+            },
+            p,
+            n,
+        ) => Some((n, p)),
         _ => None,
     }
 }
 
 /// The payload of a `str` (`text`) or `bin` value at `pos`: (is text, bytes).
 fn bytes_at(b: &[u8], pos: usize) -> Option<(bool, &[u8])> {
-    let tag = *b.get(pos)?;
-    let (text, start, len) = match tag {
-        0xa0..=0xbf => (true, pos + 1, usize::from(tag & 0x1f)),
-        0xd9 => (true, pos + 2, usize::from(*b.get(pos + 1)?)),
-        0xda => (true, pos + 3, be(b, pos + 1, 2)?),
-        0xdb => (true, pos + 5, be(b, pos + 1, 4)?),
-        0xc4 => (false, pos + 2, usize::from(*b.get(pos + 1)?)),
-        0xc5 => (false, pos + 3, be(b, pos + 1, 2)?),
-        0xc6 => (false, pos + 5, be(b, pos + 1, 4)?),
+    let (h, start, len) = header(b, pos)?;
+    let text = match h.kind {
+        Kind::Str => true,
+        Kind::Bin => false,
         _ => return None,
     };
-    Some((text, b.get(start..start + len)?))
+    Some((text, b.get(start..start.checked_add(len)?)?))
 }
 
 /// An unsigned integer value at `pos`.
 fn uint_at(b: &[u8], pos: usize) -> Option<u64> {
     let tag = *b.get(pos)?;
-    let n = match tag {
-        0x00..=0x7f => return Some(u64::from(tag)),
-        0xcc => 1,
-        0xcd => 2,
-        0xce => 4,
-        0xcf => 8,
-        _ => return None,
-    };
-    let bytes = b.get(pos + 1..pos + 1 + n)?;
-    Some(bytes.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+    match head(tag)? {
+        Head {
+            kind: Kind::UInt,
+            fixed: 0,
+            ..
+        } => Some(u64::from(tag)),
+        Head {
+            kind: Kind::UInt,
+            fixed: n,
+            ..
+        } => {
+            let bytes = b.get(pos + 1..pos + 1 + n as usize)?;
+            Some(bytes.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+        }
+        _ => None,
+    }
 }
 
 /// The entries of a map: (key bytes, raw value bytes), in order. Keys that are not text or
