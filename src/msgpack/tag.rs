@@ -67,12 +67,11 @@ pub fn head(tag: u8) -> Option<Head> {
         0xd1 => fixed(Scalar, 2),
         0xd2 => fixed(Scalar, 4),
         0xd3 => fixed(Scalar, 8),
-        // fixext 1/2/4/8/16: the type byte and the data.
-        0xd4 => fixed(Scalar, 2),
-        0xd5 => fixed(Scalar, 3),
-        0xd6 => fixed(Scalar, 5),
-        0xd7 => fixed(Scalar, 9),
-        0xd8 => fixed(Scalar, 17),
+        0xd4 => fixed(Ext, 1),
+        0xd5 => fixed(Ext, 2),
+        0xd6 => fixed(Ext, 4),
+        0xd7 => fixed(Ext, 8),
+        0xd8 => fixed(Ext, 16),
         0xd9 => sized(Str, 1),
         0xda => sized(Str, 2),
         0xdb => sized(Str, 4),
@@ -122,7 +121,14 @@ mod tests {
                 | rmp::Marker::Str16
                 | rmp::Marker::Str32 => Kind::Str,
                 rmp::Marker::Bin8 | rmp::Marker::Bin16 | rmp::Marker::Bin32 => Kind::Bin,
-                rmp::Marker::Ext8 | rmp::Marker::Ext16 | rmp::Marker::Ext32 => Kind::Ext,
+                rmp::Marker::Ext8
+                | rmp::Marker::Ext16
+                | rmp::Marker::Ext32
+                | rmp::Marker::FixExt1
+                | rmp::Marker::FixExt2
+                | rmp::Marker::FixExt4
+                | rmp::Marker::FixExt8
+                | rmp::Marker::FixExt16 => Kind::Ext,
                 rmp::Marker::FixArray(_) | rmp::Marker::Array16 | rmp::Marker::Array32 => {
                     Kind::Array
                 }
@@ -148,7 +154,7 @@ mod tests {
                     rmpv::Value::Map(m) => assert_eq!(m.len() as u64, count, "{tag:#04x}"),
                     rmpv::Value::String(s) => assert_eq!(s.as_bytes().len() as u64, count),
                     rmpv::Value::Binary(x) => assert_eq!(x.len() as u64, count),
-                    rmpv::Value::Ext(_, x) if h.len_bytes > 0 => assert_eq!(x.len() as u64, count),
+                    rmpv::Value::Ext(_, x) => assert_eq!(x.len() as u64, count),
                     _ => {}
                 }
             }
