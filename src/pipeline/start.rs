@@ -14,7 +14,7 @@ use super::waits::TopicWaits;
 use super::window::{Acked, SourceState};
 use super::{Pipeline, RunError};
 use crate::checkpoint::{Checkpoint, FileOffsets, SourceCheckpoint, StateDir, Watermark};
-use crate::config::{Config, Oversize, SinkConfig, SourceConfig, SourceKind, StartAt};
+use crate::config::{Config, Oversize, SinkConfig, SourceConfig, SourceKind};
 use crate::ops::http::Endpoint;
 use crate::ops::metrics::Stats;
 use crate::ops::ratelimit::RateLimit;
@@ -241,7 +241,14 @@ fn source_state(s: &SourceConfig, checkpoint: &Checkpoint) -> SourceState {
         window: Watermark::default(),
         bytes: 0,
         acked: match &s.kind {
-            SourceKind::Journal(_) => Acked::Journal(None),
+            SourceKind::Journal(j) => Acked::Journal {
+                acked: None,
+                saved_entry_us: match checkpoint.sources.get(&s.name) {
+                    Some(SourceCheckpoint::Journal { entry_time_us, .. }) => Some(*entry_time_us),
+                    _ => None,
+                },
+                start_at: j.start_at,
+            },
             SourceKind::Files(fc) => Acked::Files(FileOffsets::new(
                 checkpoint.files(&s.name).unwrap_or_default(),
                 fc.forget_after,
@@ -249,13 +256,5 @@ fn source_state(s: &SourceConfig, checkpoint: &Checkpoint) -> SourceState {
             SourceKind::Forward(_) => Acked::Forward,
         },
         dirty: false,
-        saved_entry_us: match checkpoint.sources.get(&s.name) {
-            Some(SourceCheckpoint::Journal { entry_time_us, .. }) => Some(*entry_time_us),
-            _ => None,
-        },
-        start_at: match &s.kind {
-            SourceKind::Journal(j) => j.start_at,
-            _ => StartAt::Head,
-        },
     }
 }

@@ -36,13 +36,17 @@ impl Pipeline {
                 continue;
             }
             let lag_ms = match &source.acked {
-                Acked::Journal(acked) => {
-                    let acked = acked.as_ref().map(|(_, t)| *t).or(source.saved_entry_us);
+                Acked::Journal {
+                    acked,
+                    saved_entry_us,
+                    start_at,
+                } => {
+                    let acked = acked.as_ref().map(|(_, t)| *t).or(*saved_entry_us);
                     journal::lag_us(
                         counters.newest_us.load(Ordering::Relaxed),
                         counters.oldest_us.load(Ordering::Relaxed),
                         acked,
-                        source.start_at,
+                        *start_at,
                     ) / 1000
                 }
                 Acked::Files(files) => files

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::Pipeline;
 use crate::checkpoint::{Checkpoint, FileOffsets, SourceCheckpoint, Watermark};
 use crate::clock::unix_ms;
+use crate::config::StartAt;
 use crate::record::{Position, Record};
 use crate::source::Batch;
 
@@ -56,16 +57,19 @@ pub(super) struct SourceState {
     pub(super) acked: Acked,
     /// `acked` changed since the checkpoint was last written.
     pub(super) dirty: bool,
-    /// Journal sources: the entry time in the checkpoint loaded at start.
-    pub(super) saved_entry_us: Option<u64>,
-    /// Journal sources: where reading starts without a checkpoint (for the lag).
-    pub(super) start_at: crate::config::StartAt,
 }
 
 /// What a source's checkpoint will say.
 pub(super) enum Acked {
-    /// Last acknowledged (cursor, entry time), if any.
-    Journal(Option<(String, u64)>),
+    /// A journal source.
+    Journal {
+        /// Last acknowledged (cursor, entry time), if any.
+        acked: Option<(String, u64)>,
+        /// The entry time in the checkpoint loaded at start (for the lag until an ack).
+        saved_entry_us: Option<u64>,
+        /// Where reading starts without a checkpoint (for the lag).
+        start_at: StartAt,
+    },
     /// Per file identity.
     Files(FileOffsets),
     /// Nothing to persist: a done entry counts towards its request's ack.
@@ -76,7 +80,7 @@ impl Acked {
     /// Folds the acknowledged slot in (slots arrive in read order).
     pub(super) fn fold(&mut self, slot: Slot, now: u64) {
         match (self, slot.position) {
-            (Acked::Journal(acked), Position::Cursor(cursor)) => {
+            (Acked::Journal { acked, .. }, Position::Cursor(cursor)) => {
                 *acked = Some((cursor, slot.entry_time_us));
             }
             (Acked::Files(files), Position::File { file, offset }) => {
@@ -92,8 +96,11 @@ impl Acked {
     /// The checkpoint entry.
     pub(super) fn checkpoint(&mut self, now: u64) -> Option<SourceCheckpoint> {
         match self {
-            Acked::Journal(None) => None,
-            Acked::Journal(Some((cursor, time))) => Some(SourceCheckpoint::Journal {
+            Acked::Journal { acked: None, .. } => None,
+            Acked::Journal {
+                acked: Some((cursor, time)),
+                ..
+            } => Some(SourceCheckpoint::Journal {
                 cursor: cursor.clone(),
                 entry_time_us: *time,
                 acked_at_ms: now,
