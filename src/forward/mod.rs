@@ -601,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn json_single_events() {
+    fn json_single_events_decode_with_their_time_and_record() {
         let json = br#"["app", 1700000000.5, {"a": "b", "n": -1}, {"chunk": "xyz"}]"#;
         let req = decode_json(json, 1 << 20).unwrap().unwrap();
         assert_eq!(req.tag, "app");

@@ -249,7 +249,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn skip_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn skipping_or_decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = skip(&bytes, 0);
             let _ = fields(&bytes);
         }

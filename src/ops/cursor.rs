@@ -240,7 +240,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_utc_times() {
+    fn entry_times_are_formatted_in_utc_with_microseconds() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00.000000");
         assert_eq!(
             format_time(1_709_251_199_000_001),

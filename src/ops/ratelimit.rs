@@ -47,7 +47,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_per_cause() {
+    fn each_cause_is_limited_on_its_own_and_counts_what_it_suppressed() {
         let mut r = RateLimit::new(Duration::from_millis(50));
         assert_eq!(r.allow("a"), Some(0));
         assert_eq!(r.allow("a"), None);

@@ -251,7 +251,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn rfc3339() {
+    fn rfc3339_times_with_fractions_and_offsets_parse_to_epoch_nanoseconds() {
         assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
             parse_rfc3339_ns("2016-10-06T00:17:09.669794202Z"),
@@ -281,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn cri_lines() {
+    fn cri_lines_give_time_stream_partial_flag_and_text() {
         let l = parse_cri(b"2016-10-06T00:17:09.669794202Z stdout F hello world").unwrap();
         assert_eq!(l.time_ns, 1_475_713_029_669_794_202);
         assert_eq!(l.stream, Stream::Stdout);
@@ -312,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn docker_lines() {
+    fn docker_json_lines_give_text_without_newline_stream_time_and_partial_flag() {
         let l =
             parse_docker(br#"{"log":"hello\n","stream":"stderr","time":"2019-01-01T00:00:00.5Z"}"#)
                 .unwrap();
@@ -330,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn pod_paths() {
+    fn pod_log_paths_give_namespace_pod_uid_and_container_and_others_none() {
         let p = kubernetes_pod_log(Path::new(
             "/var/log/pods/kube-system_coredns-5d78c9869d-abcde_6f1e2b1c-1234-4d5e-9f00-0123456789ab/coredns/0.log",
         ))
@@ -352,7 +352,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn cri_round_trip(
+        fn any_cri_line_parses_back_to_what_was_formatted(
             secs in 0u64..4_000_000_000,
             nanos in 0u64..1_000_000_000,
             stderr in any::<bool>(),
