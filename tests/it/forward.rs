@@ -679,6 +679,12 @@ fn fluent_bit_default_form_is_acked_only_after_kafka_and_keeps_its_metadata() {
     let mut m = TcpStream::connect(("127.0.0.1", port)).unwrap();
     m.write_all(&metrics).unwrap();
     assert!(closed_by_server(&mut m), "a metrics chunk was not refused");
+    // The listener counts a refusal, then logs it, after the socket closed: wait for the log
+    // line, or a loaded machine can print the totals on stop before the count.
+    agent.wait_log(
+        "fluent_signal 1 (metrics) is not a log stream",
+        Duration::from_secs(30),
+    );
     let log = agent.stop();
     assert!(
         log.contains("fluent_signal 1 (metrics) is not a log stream"),
