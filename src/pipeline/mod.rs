@@ -49,7 +49,6 @@ use crate::ops::ratelimit::RateLimit;
 use crate::sink::{Ack, Sink};
 use crate::source::SourceError;
 use inlets::Inlets;
-use persist::WriteSchedule;
 use retry::{Backoff, RetryQueue};
 use start::{Limits, Started};
 use waits::TopicWaits;
@@ -92,8 +91,6 @@ struct Pipeline {
     in_flight: usize,
     /// Entries the watermark passed that no written checkpoint covers yet.
     unpersisted: usize,
-    /// Write the checkpoint once this many entries wait for it.
-    persist_at: usize,
     retry: RetryQueue,
     /// `[sink] topic_fallback`.
     topic_fallback: Option<String>,
@@ -125,6 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         readers,
         stop,
         limits,
+        mut persist,
         endpoint: _endpoint,
     } = start::start(&config)?;
     let Limits {
@@ -149,11 +147,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         tracing::info!(watchdog = ?w, "systemd watchdog enabled; pinging from the pipeline loop");
     }
 
-    let interval = config.state.checkpoint_interval;
     // Part of shutdown_timeout is kept for the final checkpoint write, the producer's flush and
     // its drop, so that the process is gone within shutdown_timeout.
     let close_reserve = (config.pipeline.shutdown_timeout / 5).min(Duration::from_secs(1));
-    let mut persist = WriteSchedule::new(interval, p.persist_at);
     let mut deadline: Option<Instant> = None;
     let mut sources_open = true;
     let mut result = Ok(());

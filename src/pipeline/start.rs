@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::inlets::{share, Inlets};
+use super::persist::WriteSchedule;
 use super::retry::{Backoff, RetryQueue};
 use super::waits::TopicWaits;
 use super::window::{Acked, SourceState};
@@ -33,6 +34,8 @@ pub(super) struct Started {
     /// Tells the readers to stop.
     pub(super) stop: Arc<AtomicBool>,
     pub(super) limits: Limits,
+    /// When the checkpoint is written.
+    pub(super) persist: WriteSchedule,
     /// Serves /metrics and /health while it lives.
     pub(super) endpoint: Option<Endpoint>,
 }
@@ -151,7 +154,6 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
         },
         in_flight: 0,
         unpersisted: 0,
-        persist_at,
         retry: RetryQueue::default(),
         topic_fallback: match &config.sink {
             SinkConfig::Kafka(k) => k.topic_fallback.clone(),
@@ -178,6 +180,7 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
             batch_bytes,
             shares,
         },
+        persist: WriteSchedule::new(config.state.checkpoint_interval, persist_at),
         endpoint,
     })
 }
