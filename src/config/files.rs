@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::raw::{source_keys, RawSource, RawStartAt};
+use super::raw::{RawSource, RawStartAt};
 use super::value::{bytes, count, Invalid};
 use super::{ConfigError, SourceKind};
 
@@ -82,7 +82,6 @@ pub(super) fn source(
     here: &str,
     invalid: Invalid,
 ) -> Result<SourceKind, ConfigError> {
-    source_keys(&s, here, invalid)?;
     let d = FilesConfig::default();
     let include = s.include.unwrap_or_default();
     if include.is_empty() {

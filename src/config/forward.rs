@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{source_keys, RawSink, RawSource};
+use super::raw::{RawSink, RawSource};
 use super::value::{bytes, count, Invalid};
 use super::{ConfigError, SourceKind};
 use crate::record::Template;
@@ -155,7 +155,6 @@ pub(super) fn source(
     here: &str,
     invalid: Invalid,
 ) -> Result<SourceKind, ConfigError> {
-    source_keys(&s, here, invalid)?;
     let d = ForwardSourceConfig::default();
     let listen = s.listen.unwrap_or(d.listen);
     if listen.parse::<std::net::SocketAddr>().is_err() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::raw::{source_keys, RawSource, RawStartAt};
+use super::raw::{RawSource, RawStartAt};
 use super::value::Invalid;
 use super::{ConfigError, SourceKind};
 
@@ -62,7 +62,6 @@ pub(super) fn source(
     here: &str,
     invalid: Invalid,
 ) -> Result<SourceKind, ConfigError> {
-    source_keys(&s, here, invalid)?;
     if s.directory.is_some() && s.namespace.is_some() {
         return Err(invalid(
             here,

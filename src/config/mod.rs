@@ -21,7 +21,7 @@ pub use journal::{JournalConfig, JournalMatch, StartAt};
 pub use kafka::{KafkaConfig, KafkaHeader, DEFAULT_MAX_TOPICS, TOPIC_IDLE};
 pub use value::parse_duration;
 
-use raw::{sink_keys, RawConfig, RawMetrics, SinkType, SourceType};
+use raw::{sink_keys, source_keys, RawConfig, RawMetrics, SinkType, SourceType};
 use value::{bytes, count, Invalid};
 
 /// A validated configuration.
@@ -313,6 +313,7 @@ impl Config {
                 ));
             }
             let here = format!("[[source]] {name:?}");
+            source_keys(&s, &here, &invalid)?;
             let kind = match s.kind {
                 SourceType::Journal => journal::source(s, &here, &invalid)?,
                 SourceType::Files => files::source(s, &here, &invalid)?,
