@@ -35,32 +35,11 @@ fn header(b: &[u8], pos: usize) -> Option<(Head, usize, usize)> {
     Some((h, pos + 1 + h.len_bytes, n))
 }
 
-/// A map header at `pos`: (entries, position of the first key).
-fn map_len(b: &[u8], pos: usize) -> Option<(usize, usize)> {
-    match header(b, pos)? {
-        (
-            Head {
-                kind: Kind::Map, ..
-            },
-            p,
-            n,
-        ) => Some((n, p)),
-        _ => None,
-    }
-}
-
-/// An array header at `pos`: (items, position of the first item).
-fn array_len(b: &[u8], pos: usize) -> Option<(usize, usize)> {
-    match header(b, pos)? {
-        (
-            Head {
-                kind: Kind::Array, ..
-            },
-            p,
-            n,
-        ) => Some((n, p)),
-        _ => None,
-    }
+/// A header of this `kind` (a map or an array) at `pos`: (entries or items, position of the
+/// first key or item).
+fn container(b: &[u8], pos: usize, kind: Kind) -> Option<(usize, usize)> {
+    let (h, p, n) = header(b, pos)?;
+    (h.kind == kind).then_some((n, p))
 }
 
 /// The payload of a `str` (`text`) or `bin` value at `pos`: (is text, bytes).
@@ -98,7 +77,7 @@ fn uint_at(b: &[u8], pos: usize) -> Option<u64> {
 /// The entries of a map: (key bytes, raw value bytes), in order. Keys that are not text or
 /// bytes are skipped (perapera writes only text keys).
 pub fn entries(map: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let (n, mut pos) = map_len(map, 0).unwrap_or((0, map.len()));
+    let (n, mut pos) = container(map, 0, Kind::Map).unwrap_or((0, map.len()));
     let mut left = n;
     std::iter::from_fn(move || loop {
         if left == 0 {
@@ -136,7 +115,7 @@ pub fn value(raw: &[u8]) -> Value {
     if let Some(n) = uint_at(raw, 0) {
         return Value::UInt(n);
     }
-    if let Some((n, mut pos)) = array_len(raw, 0) {
+    if let Some((n, mut pos)) = container(raw, 0, Kind::Array) {
         let mut items = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             let Some(end) = skip(raw, pos) else { break };
@@ -163,7 +142,7 @@ pub fn render(raw: &[u8], out: &mut String) {
     } else if let Some(n) = uint_at(raw, 0) {
         use std::fmt::Write;
         let _ = write!(out, "{n}");
-    } else if let Some((n, pos)) = array_len(raw, 0) {
+    } else if let Some((n, pos)) = container(raw, 0, Kind::Array) {
         if n > 0 {
             if let Some(end) = skip(raw, pos) {
                 render(&raw[pos..end], out);
