@@ -169,17 +169,19 @@ fn largest_value(fields: &mut [(String, Value)]) -> Option<&mut Value> {
     best
 }
 
+/// Test records from `(name, value)` pairs.
+#[cfg(test)]
+pub(crate) fn rec(fields: &[(&str, Value)]) -> Record {
+    let fields: Vec<(String, Value)> = fields
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    Record::from_fields(&fields, 0, Position::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(fields: &[(&str, Value)]) -> Record {
-        let fields: Vec<(String, Value)> = fields
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect();
-        Record::from_fields(&fields, 0, Position::default())
-    }
 
     #[test]
     fn cutting_the_largest_value_keeps_utf8_whole_and_bytes_exact() {

@@ -169,15 +169,7 @@ pub fn sanitize_topic(name: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Position, Value};
-
-    fn rec(fields: &[(&str, Value)]) -> Record {
-        let fields: Vec<(String, Value)> = fields
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect();
-        Record::from_fields(&fields, 0, Position::default())
-    }
+    use crate::record::{rec, Value};
 
     #[test]
     fn a_template_renders_fields_defaults_arrays_and_literal_braces() {
