@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::raw::{RawOversize, RawSink};
+use super::transactions::{self, ExactlyOnce};
 use super::{ConfigError, Oversize};
 use crate::record::Template;
 
@@ -29,6 +30,8 @@ pub struct KafkaConfig {
     /// Where entries go whose topic is beyond `max_topics`, unknown to the broker or not
     /// authorized; `None`: they wait in the window until the topic can take them.
     pub topic_fallback: Option<String>,
+    /// `delivery = "exactly-once"`: transactions, and the checkpoint in Kafka.
+    pub exactly_once: Option<ExactlyOnce>,
 }
 
 /// `[sink] max_topics` by default.
@@ -85,9 +88,10 @@ pub(super) fn canonical(key: &str) -> &str {
 }
 
 pub(super) fn sink(
-    sink: RawSink,
+    mut sink: RawSink,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<KafkaConfig, ConfigError> {
+    let delivery = transactions::RawDelivery::take(&mut sink);
     let topic = sink.topic.ok_or_else(|| {
         invalid(
             "[sink] topic",
@@ -157,6 +161,7 @@ pub(super) fn sink(
         props.remove(&canon);
         props.insert(key, value);
     }
+    let exactly_once = transactions::settings(delivery, &props, invalid)?;
     let max_key = props
         .keys()
         .find(|k| k.as_str() == "message.max.bytes")
@@ -244,5 +249,6 @@ pub(super) fn sink(
         headers,
         max_topics,
         topic_fallback: sink.topic_fallback,
+        exactly_once,
     })
 }

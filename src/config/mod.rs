@@ -13,12 +13,14 @@ mod forward;
 mod journal;
 mod kafka;
 mod raw;
+mod transactions;
 mod value;
 
 pub use files::{FileStart, FilesConfig, LineFormat};
 pub use forward::{ClientTls, ForwardSinkConfig, ForwardSourceConfig, ServerTls, SharedKey};
 pub use journal::{JournalConfig, JournalMatch, StartAt};
 pub use kafka::{KafkaConfig, KafkaHeader, DEFAULT_MAX_TOPICS, TOPIC_IDLE};
+pub use transactions::{ExactlyOnce, DEFAULT_CHECKPOINT_TOPIC, DEFAULT_TRANSACTION_INTERVAL};
 pub use value::parse_duration;
 
 use raw::{sink_keys, source_keys, RawConfig, RawMetrics, SinkType, SourceType};
@@ -331,7 +333,17 @@ impl Config {
         sink_keys(&sink, &invalid)?;
         let sink = match sink.kind {
             SinkType::Stdout => SinkConfig::Stdout,
-            SinkType::Kafka => SinkConfig::Kafka(kafka::sink(sink, &invalid)?),
+            SinkType::Kafka => {
+                let mut k = kafka::sink(sink, &invalid)?;
+                if let Some(eo) = &mut k.exactly_once {
+                    if !eo.transactional_id_configured {
+                        eo.transactional_id = transactions::default_id(&state.directory);
+                    }
+                    k.librdkafka
+                        .insert("transactional.id".into(), eo.transactional_id.clone());
+                }
+                SinkConfig::Kafka(k)
+            }
             SinkType::Forward => SinkConfig::Forward(forward::sink(sink, &invalid)?),
         };
         Ok(Config {

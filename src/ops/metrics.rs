@@ -161,6 +161,8 @@ pub struct Stats {
     pub topic_waits: Mutex<Vec<TopicWait>>,
     /// Distinct Kafka topics in use (what `max_topics` bounds).
     pub topics_in_use: AtomicU64,
+    /// Kafka transactions (`delivery = "exactly-once"`).
+    pub txn: super::transactions::TxnStats,
 }
 
 /// Entries waiting for one topic that cannot take them yet.
@@ -254,6 +256,9 @@ impl Stats {
                     loop_age as f64 / 1000.0
                 ),
             };
+        }
+        if let Some(reason) = self.txn.unhealthy(now_ms, unhealthy_after) {
+            return Health { ok: false, reason };
         }
         let unacked = self.unacked.load(Ordering::Relaxed);
         let stalled = now_ms.saturating_sub(self.progress_at_ms.load(Ordering::Relaxed));
@@ -463,6 +468,7 @@ impl Stats {
             "perapera_checkpoint_write_errors_total {}",
             load(&self.checkpoint_errors)
         );
+        self.txn.render(&mut out, crate::clock::unix_ms());
         header(
             &mut out,
             "perapera_build_info",

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod notify;
 pub mod ratelimit;
 pub mod signals;
+pub mod transactions;

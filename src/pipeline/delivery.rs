@@ -40,7 +40,11 @@ impl Pipeline {
             alone: slot.alone,
         };
         match self.sink.send(out) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(t) = &mut self.txn {
+                    t.sent = true;
+                }
+            }
             Err(SendError::Full) => self.schedule_retry(src, seq, QUEUE_FULL_DELAY),
             Err(SendError::Failed(e)) => self.on_failure(src, seq, e),
         }
@@ -61,6 +65,17 @@ impl Pipeline {
                 self.finish(src, seq, Done::Acked);
             }
             Err(_) if slot.attempt != attempt => {} // superseded by a re-send
+            // Exactly-once: a failed delivery fails the transaction it was in.
+            Err(e) if self.txn.is_some() => {
+                let reason = format!(
+                    "an entry of source {:?} was not delivered: {e:?}",
+                    source.name
+                );
+                self.stats.sink_failure("transaction", &reason);
+                if let Some(t) = &mut self.txn {
+                    t.fail(crate::sink::TxnError::Abortable(reason));
+                }
+            }
             Err(DeliveryError::TooLarge(reason)) if !slot.alone => {
                 // Reported after sending (only Kafka does): the broker refused the batch it was
                 // in, and any entry of it may be the large one. Once alone, the policy applies.

@@ -23,6 +23,7 @@
 //! (`persist`), entries waiting for a topic (`waits`), the sources' channels
 //! (`inlets`) and the gauges (`status`).
 
+mod committed;
 mod delivery;
 mod inlets;
 mod oversize;
@@ -30,6 +31,7 @@ mod persist;
 mod retry;
 mod start;
 mod status;
+mod transaction;
 mod waits;
 mod window;
 
@@ -42,15 +44,16 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::checkpoint::{Checkpoint, StateDir, StateError};
-use crate::config::{Config, Oversize};
+use crate::config::{Config, Oversize, SinkConfig};
 use crate::ops::metrics::Stats;
 use crate::ops::notify::Notifier;
 use crate::ops::ratelimit::RateLimit;
-use crate::sink::{Ack, Sink};
+use crate::sink::{Ack, Sink, TxnError, TxnJob};
 use crate::source::SourceError;
 use inlets::Inlets;
 use retry::{Backoff, RetryQueue};
 use start::{Limits, Started};
+use transaction::{AfterCommit, Transactions};
 use waits::TopicWaits;
 use window::SourceState;
 
@@ -72,6 +75,13 @@ pub enum RunError {
     /// The sink's output is gone for good (stdout closed).
     #[error("stopped: {0}; the checkpoint covers what was written, the rest is shipped on the next start")]
     OutputClosed(String),
+    /// Exactly-once: the open transaction cannot commit; start over from the checkpoint
+    /// committed in Kafka (handled inside `run`).
+    #[error("Kafka transaction failed: {0}")]
+    Rewind(TxnError),
+    /// Exactly-once: fenced again and again: another instance uses our transactional id.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// What a finished run reports.
@@ -105,6 +115,8 @@ struct Pipeline {
     state: StateDir,
     /// An acknowledgement arrived since the last tick.
     progressed: bool,
+    /// `delivery = "exactly-once"`.
+    txn: Option<Transactions>,
 }
 
 /// The loop's tick while nothing is in flight (see `idle_tick` in [`run`]).
@@ -113,8 +125,108 @@ const IDLE_TICK: Duration = Duration::from_secs(5);
 /// How often the lag gauges and the systemd status line are refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
+/// After this many fencings within [`FENCED_WINDOW`], another instance is using our
+/// transactional id (each start fences the one before it): stop.
+const FENCED_LIMIT: usize = 3;
+const FENCED_WINDOW: Duration = Duration::from_secs(600);
+
+/// The pause before starting over after an aborted transaction, doubling while no commit
+/// succeeds in between.
+const REWIND_PAUSE: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
 /// Runs perapera until `shutdown` resolves, then drains and writes the final checkpoint.
+/// With `delivery = "exactly-once"`, an aborted transaction starts the sources and the
+/// producer over from the checkpoint committed in Kafka, in this same call.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    let stats = Arc::new(start::stats(&config));
+    let _endpoint = start::endpoint(&config, &stats);
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    let mut fenced: Vec<std::time::Instant> = Vec::new();
+    let mut pause = REWIND_PAUSE.0;
+    loop {
+        let commits = stats.txn.committed_total();
+        let e = match run_once(&config, &stats, shutdown.as_mut(), &mut stopping).await {
+            Err(RunError::Rewind(e)) => e,
+            other => return other,
+        };
+        stats.txn.aborted(e.label());
+        if stopping {
+            // The next start resumes from the checkpoint committed in Kafka.
+            return Ok(Summary::default());
+        }
+        if stats.txn.committed_total() > commits {
+            pause = REWIND_PAUSE.0;
+        }
+        if let (TxnError::Fenced(_), SinkConfig::Kafka(k)) = (&e, &config.sink) {
+            let now = std::time::Instant::now();
+            fenced.retain(|t| now.duration_since(*t) < FENCED_WINDOW);
+            fenced.push(now);
+            if fenced.len() >= FENCED_LIMIT {
+                let id = k
+                    .exactly_once
+                    .as_ref()
+                    .map_or("", |x| x.transactional_id.as_str());
+                return Err(RunError::Fenced(format!(
+                    "fenced {} times in {} minutes: another perapera instance is using                      transactional id {id:?} (each one's start fences the other). Stop one of                      them, or give each its own [sink] transactional_id; nothing is lost or                      duplicated, the committed checkpoint in Kafka stays valid",
+                    fenced.len(),
+                    FENCED_WINDOW.as_secs() / 60
+                )));
+            }
+        }
+        tracing::warn!(reason = %e, pause = ?pause,
+            "Kafka transaction aborted; starting over from the checkpoint committed in Kafka \
+             (its entries are read and sent again; read_committed consumers see each once)");
+        tokio::select! {
+            () = shutdown.as_mut() => return Ok(Summary::default()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(REWIND_PAUSE.1);
+    }
+}
+
+/// Waits for the running transactional call, if there is one (else forever).
+async fn running(
+    job: &mut Option<tokio::task::JoinHandle<Result<(), TxnError>>>,
+) -> Result<(), TxnError> {
+    match job {
+        Some(handle) => handle.await.unwrap_or_else(|e| {
+            Err(TxnError::Fatal(format!(
+                "the transaction thread failed: {e}"
+            )))
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a transactional call off the runtime's threads, waiting at most `limit`.
+async fn blocking(job: TxnJob, limit: Duration) -> Result<(), TxnError> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(job)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(TxnError::Fatal(format!(
+            "the transaction thread failed: {e}"
+        ))),
+        Err(_) => Err(TxnError::Retriable(format!("no answer within {limit:?}"))),
+    }
+}
+
+/// One life of the sources and the sink: start → loop → drain.
+async fn run_once<F: Future<Output = ()>>(
+    config: &Config,
+    stats: &Arc<Stats>,
+    mut shutdown: std::pin::Pin<&mut F>,
+    stopping: &mut bool,
+) -> Result<Summary, RunError> {
+    let exactly_once = matches!(&config.sink, SinkConfig::Kafka(k) if k.exactly_once.is_some());
+    let started = if exactly_once {
+        // init_transactions and the read of the committed checkpoint block.
+        let (config, stats) = (config.clone(), stats.clone());
+        tokio::task::spawn_blocking(move || start::start(&config, stats))
+            .await
+            .map_err(|e| RunError::Sink(format!("start-up failed: {e}")))?
+    } else {
+        start::start(config, stats.clone())
+    };
     let Started {
         pipeline: mut p,
         mut inlets,
@@ -123,8 +235,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         stop,
         limits,
         mut persist,
-        endpoint: _endpoint,
-    } = start::start(&config)?;
+    } = started?;
     let Limits {
         batch_entries,
         batch_bytes,
@@ -153,12 +264,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let mut deadline: Option<Instant> = None;
     let mut sources_open = true;
     let mut result = Ok(());
-    tokio::pin!(shutdown);
+    // The running commit (exactly-once).
+    let mut commit: Option<tokio::task::JoinHandle<Result<(), TxnError>>> = None;
     loop {
         let room = deadline.is_none()
             && sources_open
             && p.in_flight + batch_entries <= config.pipeline.max_in_flight
-            && p.in_flight_bytes() + batch_bytes <= config.pipeline.max_in_flight_bytes;
+            && p.in_flight_bytes() + batch_bytes <= config.pipeline.max_in_flight_bytes
+            && !p.txn.as_ref().is_some_and(|t| t.cut);
         let retry_at = p.retry.next();
         let next_checkpoint = persist.next();
         tokio::select! {
@@ -168,12 +281,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     "Shutting down: stopped reading, waiting for in-flight acknowledgements");
                 notifier.stopping(&format!("Stopping: waiting for {} in-flight acknowledgements", p.unacked()));
                 stop.store(true, Ordering::Relaxed);
+                *stopping = true;
                 deadline = Some(Instant::now() + config.pipeline.shutdown_timeout);
             }
             Some(ack) = ack_rx.recv() => {
                 p.on_ack(ack);
                 while let Ok(ack) = ack_rx.try_recv() {
                     p.on_ack(ack);
+                }
+            }
+            outcome = running(&mut commit), if commit.is_some() => {
+                commit = None;
+                match p.on_commit(outcome) {
+                    AfterCommit::Done => {}
+                    AfterCommit::Retry(job) => commit = Some(tokio::task::spawn_blocking(job)),
+                    AfterCommit::Rewind(e) => {
+                        result = Err(RunError::Rewind(e));
+                        break;
+                    }
                 }
             }
             batch = inlets.recv(|i| p.admits(i, shares, (batch_entries, batch_bytes))), if room => match batch {
@@ -209,6 +334,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             result = Err(RunError::OutputClosed(reason));
             break;
         }
+        if p.fatal && p.txn.is_some() {
+            let fatal = p.sink.transactional().and_then(|s| s.fatal_reason());
+            result = Err(RunError::Rewind(fatal.unwrap_or_else(|| {
+                TxnError::Fatal("the Kafka producer failed".into())
+            })));
+            break;
+        }
         if p.fatal {
             p.fatal = false;
             if let Err(e) = p.recreate_sink() {
@@ -216,7 +348,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 break;
             }
         }
-        if p.sources.iter().any(|s| s.dirty) && persist.write_now(Instant::now(), p.unpersisted) {
+        if let Some(t) = &mut p.txn {
+            // Exactly-once: "writing the checkpoint" is committing the transaction.
+            if let Some(e) = t.rewind.take() {
+                // A failed delivery says only that the transaction failed; the producer knows
+                // whether it was fenced.
+                let fatal = p.sink.transactional().and_then(|s| s.fatal_reason());
+                result = Err(RunError::Rewind(fatal.unwrap_or(e)));
+                break;
+            }
+            if !t.cut && p.commit_wanted() {
+                p.stats.txn.pending(crate::clock::unix_ms());
+                let due = persist.write_now(Instant::now(), p.unpersisted);
+                if let Some(t) = &mut p.txn {
+                    t.cut = due;
+                }
+            }
+            if p.txn.as_ref().is_some_and(|t| t.cut) && commit.is_none() && p.unacked() == 0 {
+                match p.start_commit() {
+                    Ok(job) => commit = Some(tokio::task::spawn_blocking(job)),
+                    Err(e) => {
+                        result = Err(RunError::Rewind(e));
+                        break;
+                    }
+                }
+            }
+        } else if p.sources.iter().any(|s| s.dirty)
+            && persist.write_now(Instant::now(), p.unpersisted)
+        {
             p.write_checkpoint();
         }
         // Liveness: checked on every pass (a busy loop must not starve the watchdog), so a
@@ -234,14 +393,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                 }
             }
         }
-        if deadline.is_some() && p.unacked() == 0 {
+        if deadline.is_some() && p.unacked() == 0 && commit.is_none() {
             break; // every slot is done; the final checkpoint is written below
         }
     }
     stop.store(true, Ordering::Relaxed);
     // Part of the reserve is left for dropping the client.
     let flush_until = deadline.map(|d| d.checked_sub(close_reserve / 2).unwrap_or(d));
-    let unacked = drain(p, ack_rx, inlets, readers, flush_until).await;
+    let rewinding = matches!(result, Err(RunError::Rewind(_)));
+    let unacked = drain(p, ack_rx, inlets, readers, flush_until, (commit, rewinding)).await;
     result.map(|()| Summary { unacked })
 }
 
@@ -253,15 +413,23 @@ async fn drain(
     mut inlets: Inlets,
     readers: Vec<std::thread::JoinHandle<()>>,
     flush_until: Option<Instant>,
+    (mut commit, rewinding): (Option<tokio::task::JoinHandle<Result<(), TxnError>>>, bool),
 ) -> usize {
     while let Ok(ack) = ack_rx.try_recv() {
         p.on_ack(ack);
     }
     p.advance();
-    p.write_checkpoint();
-    let flush_time = flush_until.map_or(Duration::ZERO, |d| {
-        d.saturating_duration_since(Instant::now())
-    });
+    let left = || {
+        flush_until.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    };
+    if p.txn.is_some() {
+        final_commit(&mut p, &mut commit, rewinding, left()).await;
+    } else {
+        p.write_checkpoint();
+    }
+    let flush_time = left();
     let unacked = p.unacked();
     let Pipeline {
         sink,
@@ -286,4 +454,47 @@ async fn drain(
     });
     let _ = tokio::time::timeout(Duration::from_secs(2), join).await;
     unacked
+}
+
+/// Exactly-once, on the way out: the running commit is waited for; then what the open
+/// transaction holds is committed if every entry of it was acknowledged (and nothing failed),
+/// else aborted (the next start resumes from the last commit).
+async fn final_commit(
+    p: &mut Pipeline,
+    commit: &mut Option<tokio::task::JoinHandle<Result<(), TxnError>>>,
+    rewinding: bool,
+    limit: Duration,
+) {
+    let limit = limit.max(Duration::from_secs(1));
+    if commit.is_some() {
+        let outcome = tokio::time::timeout(limit, running(commit))
+            .await
+            .unwrap_or_else(|_| {
+                Err(TxnError::Retriable(
+                    "the commit did not finish in time".into(),
+                ))
+            });
+        if !matches!(p.on_commit(outcome), AfterCommit::Done) {
+            return;
+        }
+    }
+    let failed = rewinding || p.txn.as_ref().is_some_and(|t| t.rewind.is_some());
+    if !failed && p.unacked() == 0 && p.commit_wanted() {
+        match p.start_commit() {
+            Ok(job) => {
+                let outcome = blocking(job, limit).await;
+                if matches!(p.on_commit(outcome), AfterCommit::Done) {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot commit the last Kafka transaction; the next start resumes from the one before")
+            }
+        }
+    }
+    if let Some(job) = p.abort_job() {
+        if let Err(e) = blocking(job, limit).await {
+            tracing::warn!(error = %e, "Aborting the open Kafka transaction failed; the next start aborts it");
+        }
+    }
 }

@@ -36,8 +36,6 @@ pub(super) struct Started {
     pub(super) limits: Limits,
     /// When the checkpoint is written.
     pub(super) persist: WriteSchedule,
-    /// Serves /metrics and /health while it lives.
-    pub(super) endpoint: Option<Endpoint>,
 }
 
 /// The window's bounds.
@@ -51,10 +49,8 @@ pub(super) struct Limits {
     pub(super) shares: (usize, usize),
 }
 
-/// Opens everything, in the order that makes failures clear: the endpoint first (/health
-/// says 503 "starting" until the sources are open), then the state directory's lock, the
-/// sink, and the sources.
-pub(super) fn start(config: &Config) -> Result<Started, RunError> {
+/// The counters of a run (kept across the restarts of exactly-once rewinds).
+pub(super) fn stats(config: &Config) -> Stats {
     let mut stats = Stats::new(config.sources.iter().map(|s| s.name.as_str()));
     stats.sink = match &config.sink {
         SinkConfig::Kafka(_) => "kafka",
@@ -62,28 +58,54 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
         SinkConfig::Stdout => "stdout",
     }
     .to_string();
-    let stats = Arc::new(stats);
-    // Dropped when `run` returns, whichever way: that stops the endpoint's thread.
-    let endpoint = match &config.metrics.address {
-        Some(address) => {
-            match crate::ops::http::spawn(
-                address.clone(),
-                stats.clone(),
-                config.metrics.unhealthy_after,
-            ) {
-                Ok(endpoint) => Some(endpoint),
-                Err(e) => {
-                    tracing::error!(error = %e, "Cannot start the metrics thread; shipping goes on without it");
-                    None
-                }
-            }
+    if let SinkConfig::Kafka(k) = &config.sink {
+        stats
+            .txn
+            .enabled
+            .store(k.exactly_once.is_some(), Ordering::Relaxed);
+    }
+    stats
+}
+
+/// The metrics endpoint, first of all: /health says 503 "starting" until the sources are
+/// open. Dropped when `run` returns, whichever way: that stops its thread.
+pub(super) fn endpoint(config: &Config, stats: &Arc<Stats>) -> Option<Endpoint> {
+    let address = config.metrics.address.as_ref()?;
+    match crate::ops::http::spawn(
+        address.clone(),
+        stats.clone(),
+        config.metrics.unhealthy_after,
+    ) {
+        Ok(endpoint) => Some(endpoint),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the metrics thread; shipping goes on without it");
+            None
         }
-        None => None,
-    };
+    }
+}
+
+/// Opens everything, in the order that makes failures clear: the state directory's lock,
+/// the sink, and the sources. With `delivery = "exactly-once"` this blocks (the sink
+/// initialises transactions and reads the committed checkpoint back): call it off the async
+/// runtime's threads.
+pub(super) fn start(config: &Config, stats: Arc<Stats>) -> Result<Started, RunError> {
     let state = StateDir::lock(&config.state.directory)?;
-    let checkpoint = state.load()?;
+    let exactly_once = matches!(&config.sink, SinkConfig::Kafka(k) if k.exactly_once.is_some());
+    let local = match state.load() {
+        Ok(c) => Some(c),
+        // Exactly-once: the file is only a cross-check; Kafka holds the checkpoint.
+        Err(e) if exactly_once => {
+            tracing::warn!(error = %e, "The local checkpoint file is unreadable; the checkpoint committed in Kafka is used");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let (ack_tx, acks) = mpsc::unbounded_channel();
-    let sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
+    let mut sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
+    let checkpoint = match sink.transactional().and_then(|s| s.take_committed()) {
+        Some(committed) => super::committed::checkpoint(committed, local, config)?,
+        None => local.unwrap_or_default(),
+    };
     let (inlets, senders) = Inlets::new(config.sources.len());
     let stop = Arc::new(AtomicBool::new(false));
     // A batch is taken only when it fits the window, so the window is a strict bound (it is
@@ -168,6 +190,7 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
         checkpoint,
         state,
         progressed: false,
+        txn: exactly_once.then(Default::default),
     };
     Ok(Started {
         pipeline,
@@ -180,8 +203,16 @@ pub(super) fn start(config: &Config) -> Result<Started, RunError> {
             batch_bytes,
             shares,
         },
-        persist: WriteSchedule::new(config.state.checkpoint_interval, persist_at),
-        endpoint,
+        persist: WriteSchedule::new(
+            match &config.sink {
+                SinkConfig::Kafka(k) => k
+                    .exactly_once
+                    .as_ref()
+                    .map_or(config.state.checkpoint_interval, |e| e.transaction_interval),
+                _ => config.state.checkpoint_interval,
+            },
+            persist_at,
+        ),
     })
 }
 

@@ -189,7 +189,11 @@ impl Pipeline {
                     self.topic_waits.done(&w);
                 }
                 if let Position::Forward(pending) = &slot.position {
-                    pending.entry_done();
+                    match &mut self.txn {
+                        // Exactly-once: the sender hears of it once the transaction committed.
+                        Some(t) => t.owe(pending.clone()),
+                        None => pending.entry_done(),
+                    }
                 }
                 slot.bytes
             }
@@ -221,9 +225,11 @@ impl Pipeline {
         }
     }
 
-    pub(super) fn write_checkpoint(&mut self) {
+    /// Folds the positions of the sources that moved into the checkpoint; false when none
+    /// moved.
+    pub(super) fn update_checkpoint(&mut self) -> bool {
         if !self.sources.iter().any(|s| s.dirty) {
-            return;
+            return false;
         }
         let now = unix_ms();
         for source in &mut self.sources {
@@ -234,12 +240,24 @@ impl Pipeline {
             }
         }
         self.checkpoint.version = Checkpoint::VERSION;
+        true
+    }
+
+    /// The checkpoint now covers every entry the watermark passed: their window places free.
+    pub(super) fn persisted(&mut self) {
+        self.sources.iter_mut().for_each(|s| s.dirty = false);
+        self.in_flight -= self.unpersisted;
+        self.unpersisted = 0;
+    }
+
+    pub(super) fn write_checkpoint(&mut self) {
+        if !self.update_checkpoint() {
+            return;
+        }
         match self.state.store(&self.checkpoint) {
             Ok(()) => {
                 self.stats.checkpoint_writes.fetch_add(1, Ordering::Relaxed);
-                self.sources.iter_mut().for_each(|s| s.dirty = false);
-                self.in_flight -= self.unpersisted;
-                self.unpersisted = 0;
+                self.persisted();
             }
             Err(e) => {
                 self.stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Ack, Outgoing, SendError};
+use super::{Ack, Outgoing, SendError, TxnError, TxnJob};
 use crate::config::KafkaConfig;
 
 /// No Kafka sink can be created in this build.
@@ -49,5 +49,40 @@ impl KafkaSink {
     /// Unreachable.
     pub fn close(self, _timeout: Duration) {
         match self {}
+    }
+
+    /// Unreachable.
+    pub fn exactly_once(&self) -> bool {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn take_committed(&mut self) -> Option<Option<Vec<u8>>> {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn commit_job(&mut self, _checkpoint: Vec<u8>) -> Result<TxnJob, TxnError> {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn retry_commit_job(&mut self) -> TxnJob {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn abort_job(&mut self) -> Option<TxnJob> {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn committed(&mut self) {
+        match *self {}
+    }
+
+    /// Unreachable.
+    pub fn fatal_reason(&self) -> Option<TxnError> {
+        match *self {}
     }
 }

@@ -53,6 +53,39 @@ pub enum DeliveryError {
     Closed(String),
 }
 
+/// What a failed transactional call means (`delivery = "exactly-once"`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    /// Try the same call again.
+    #[error("{0} (retriable)")]
+    Retriable(String),
+    /// Abort the transaction, rewind every source to the last committed position, go on.
+    #[error("{0} (the transaction must be aborted)")]
+    Abortable(String),
+    /// Another producer with our transactional id took over (or the coordinator bumped our
+    /// epoch after a transaction timed out): a new producer, from the committed checkpoint.
+    #[error("{0} (fenced)")]
+    Fenced(String),
+    /// The producer is unusable: a new producer, from the committed checkpoint.
+    #[error("{0} (fatal)")]
+    Fatal(String),
+}
+
+impl TxnError {
+    /// The metric label of an abort for this reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TxnError::Retriable(_) => "retriable",
+            TxnError::Abortable(_) => "abortable",
+            TxnError::Fenced(_) => "fenced",
+            TxnError::Fatal(_) => "fatal",
+        }
+    }
+}
+
+/// A blocking transactional call, to run off the async runtime's threads.
+pub type TxnJob = Box<dyn FnOnce() -> Result<(), TxnError> + Send>;
+
 /// [`Sink::send`] could not enqueue.
 #[derive(Debug)]
 pub enum SendError {
@@ -163,6 +196,14 @@ impl Sink {
             Sink::Stdout(mut s) => s.flush_burst(),
             Sink::Kafka(s) => s.close(timeout),
             Sink::Forward(s) => s.close(timeout),
+        }
+    }
+
+    /// The Kafka sink in exactly-once mode, if that is what this is.
+    pub fn transactional(&mut self) -> Option<&mut kafka::KafkaSink> {
+        match self {
+            Sink::Kafka(s) if s.exactly_once() => Some(s),
+            _ => None,
         }
     }
 

@@ -4,6 +4,7 @@
 mod bad_input;
 mod chaos;
 mod cli;
+mod exactly_once;
 mod faults;
 mod files;
 mod forward;

@@ -4,7 +4,8 @@ msgpack from PyPI). Reads every partition from the beginning until EXPECTED dist
 were seen and the topic stayed quiet for 5 s, or 120 s passed. A journal tracer is its SEQ
 field ("j<SEQ>"), a file tracer its message ("f-<n>").
 
-Usage: count_tracers.py BOOTSTRAP TOPIC EXPECTED
+Usage: count_tracers.py BOOTSTRAP TOPIC EXPECTED [ISOLATION]
+ISOLATION is read_committed (librdkafka's default) or read_uncommitted.
 Prints {"counts": {tracer: n}, "copies": {tracer: [[partition, offset], ...]} (duplicated
 tracers only), "problems": [...]}.
 """
@@ -16,10 +17,12 @@ import msgpack
 from confluent_kafka import Consumer, TopicPartition
 
 bootstrap, topic, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
+isolation = sys.argv[4] if len(sys.argv) > 4 else "read_committed"
 consumer = Consumer({
     "bootstrap.servers": bootstrap,
     "group.id": "perapera-chaos-count",
     "enable.auto.commit": False,
+    "isolation.level": isolation,
 })
 meta = consumer.list_topics(topic, timeout=30)
 consumer.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])

@@ -12,10 +12,12 @@
 //! too-large and invalid ones go to the oversize policy, a rejected timestamp is re-sent with
 //! the produce time, and a fatal idempotence error means a new producer.
 
+mod committed;
 mod poller;
 mod produce;
 mod report;
 mod topics;
+mod txn;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +33,7 @@ pub use report::classify;
 use report::Context;
 use topics::{Refused, Topics};
 
-use super::{Ack, DeliveryError, Outgoing, SendError};
+use super::{Ack, DeliveryError, Outgoing, SendError, TxnError, TxnJob};
 use crate::config::{KafkaConfig, KafkaHeader, TOPIC_IDLE};
 use crate::ops::ratelimit::RateLimit;
 use crate::record::sanitize_topic;
@@ -52,6 +54,22 @@ pub struct KafkaSink {
     topic: String,
     position: String,
     key: String,
+    /// `delivery = "exactly-once"`.
+    txn: Option<Txn>,
+}
+
+/// The exactly-once state: where the checkpoint record goes, and whether a transaction is
+/// open.
+struct Txn {
+    checkpoint_topic: String,
+    partition: i32,
+    /// The transactional id: the checkpoint record's key.
+    id: String,
+    open: bool,
+    /// `transaction.timeout.ms`: bounds every blocking call.
+    timeout: Duration,
+    /// The committed checkpoint read back at start, until taken.
+    committed: Option<Vec<u8>>,
 }
 
 /// A producer, the thread that serves its reports, and its topic handles.
@@ -115,8 +133,45 @@ fn create(
 
 impl KafkaSink {
     /// Creates the producer (no network round trip: librdkafka connects in the background).
+    ///
+    /// With `delivery = "exactly-once"` it blocks: `init_transactions` (which fences an older
+    /// instance with our transactional id and aborts its open transaction), then the read of
+    /// the last committed checkpoint. Call it off the async runtime's threads.
     pub fn new(config: KafkaConfig, acks: mpsc::UnboundedSender<Ack>) -> Result<KafkaSink, String> {
         let client = Client::new(&config, &acks, false)?;
+        let txn = match &config.exactly_once {
+            None => None,
+            Some(eo) => {
+                let timeout = config
+                    .librdkafka
+                    .get("transaction.timeout.ms")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Duration::from_secs(60), Duration::from_millis);
+                txn::init(&client.producer, timeout + Duration::from_secs(30)).map_err(|e| {
+                    format!(
+                        "cannot initialise Kafka transactions for transactional id {:?}: {e}",
+                        eo.transactional_id
+                    )
+                })?;
+                let (partition, committed) = committed::read(
+                    &config.librdkafka,
+                    &eo.checkpoint_topic,
+                    &eo.transactional_id,
+                    timeout + Duration::from_secs(30),
+                )?;
+                tracing::info!(transactional_id = %eo.transactional_id, checkpoint_topic = %eo.checkpoint_topic,
+                    partition, committed = committed.is_some(),
+                    "Kafka transactions initialised; resuming from the checkpoint committed in Kafka");
+                Some(Txn {
+                    checkpoint_topic: eo.checkpoint_topic.clone(),
+                    partition,
+                    id: eo.transactional_id.clone(),
+                    open: false,
+                    timeout,
+                    committed,
+                })
+            }
+        };
         Ok(KafkaSink {
             config,
             acks,
@@ -125,7 +180,75 @@ impl KafkaSink {
             topic: String::new(),
             position: String::new(),
             key: String::new(),
+            txn,
         })
+    }
+
+    /// Whether this sink delivers exactly once (in transactions).
+    pub fn exactly_once(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// The checkpoint committed in Kafka, read at start (`Some(None)`: none committed yet;
+    /// `None`: not exactly-once, or taken already).
+    pub fn take_committed(&mut self) -> Option<Option<Vec<u8>>> {
+        self.txn.as_mut().map(|t| t.committed.take())
+    }
+
+    /// Puts the checkpoint record into the open transaction (opening one if none is: the
+    /// positions may have moved without an entry sent, by a rotation or a dropped entry) and
+    /// returns the commit, to run off the async runtime's threads.
+    pub fn commit_job(&mut self, checkpoint: Vec<u8>) -> Result<TxnJob, TxnError> {
+        let producer = self.client.producer.clone();
+        let Some(t) = &mut self.txn else {
+            return Err(TxnError::Fatal("not a transactional sink".into()));
+        };
+        if !t.open {
+            txn::begin(&producer)?;
+            t.open = true;
+        }
+        txn::produce_checkpoint(
+            &producer,
+            &t.checkpoint_topic,
+            t.partition,
+            &t.id,
+            checkpoint,
+        )?;
+        let timeout = t.timeout;
+        Ok(Box::new(move || txn::commit(&producer, timeout)))
+    }
+
+    /// A retry of the commit that failed retriably (the same call, as librdkafka asks).
+    pub fn retry_commit_job(&mut self) -> TxnJob {
+        let producer = self.client.producer.clone();
+        let timeout = self
+            .txn
+            .as_ref()
+            .map_or(Duration::from_secs(60), |t| t.timeout);
+        Box::new(move || txn::commit(&producer, timeout))
+    }
+
+    /// The abort of the open transaction, if one is open.
+    pub fn abort_job(&mut self) -> Option<TxnJob> {
+        let producer = self.client.producer.clone();
+        let t = self.txn.as_mut().filter(|t| t.open)?;
+        t.open = false;
+        let timeout = t.timeout;
+        Some(Box::new(move || txn::abort(&producer, timeout)))
+    }
+
+    /// Why the producer is unusable, if it is (fenced, or another fatal error): what a rewind
+    /// should report, since a failed delivery only says the transaction failed.
+    pub fn fatal_reason(&self) -> Option<TxnError> {
+        let (code, reason) = self.client.producer.client().fatal_error()?;
+        Some(txn::fenced_or_fatal(code, reason))
+    }
+
+    /// The commit went through: the next send opens a new transaction.
+    pub fn committed(&mut self) {
+        if let Some(t) = &mut self.txn {
+            t.open = false;
+        }
     }
 
     /// Largest msgpack payload that fits `message.max.bytes` with room for key and headers.
@@ -171,7 +294,17 @@ impl KafkaSink {
             }
             None => None,
         };
-        let client = match (out.alone, &mut self.alone) {
+        if let Some(t) = &mut self.txn {
+            if !t.open {
+                txn::begin(&self.client.producer).map_err(|e| {
+                    SendError::Failed(DeliveryError::Fatal(format!("begin_transaction: {e}")))
+                })?;
+                t.open = true;
+            }
+        }
+        // Exactly-once has no second producer: a refused batch aborts the transaction.
+        let alone = out.alone && self.txn.is_none();
+        let client = match (alone, &mut self.alone) {
             (false, _) => &mut self.client,
             (true, Some(c)) => c,
             (true, alone @ None) => {
@@ -183,7 +316,7 @@ impl KafkaSink {
         };
         let rk = client.producer.client().native_ptr();
         // The dead-letter and fallback topics are the operator's: they come on top of the bound.
-        let counted = out.topic.is_none() && !out.alone;
+        let counted = out.topic.is_none() && !alone;
         let topic = match client.topics.get(rk, &self.topic, counted) {
             Ok(t) => t,
             Err(Refused::Bound(n)) => {
