@@ -168,7 +168,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     .as_ref()
                     .map_or("", |x| x.transactional_id.as_str());
                 return Err(RunError::Fenced(format!(
-                    "fenced {} times in {} minutes: another perapera instance is using                      transactional id {id:?} (each one's start fences the other). Stop one of                      them, or give each its own [sink] transactional_id; nothing is lost or                      duplicated, the committed checkpoint in Kafka stays valid",
+                    "fenced {} times in {} minutes: another perapera instance is using \
+                     transactional id {id:?} (each one's start fences the other). Stop one of \
+                     them, or give each its own [sink] transactional_id; nothing is lost or \
+                     duplicated, the committed checkpoint in Kafka stays valid",
                     fenced.len(),
                     FENCED_WINDOW.as_secs() / 60
                 )));
