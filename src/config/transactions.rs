@@ -185,6 +185,96 @@ fn fnv32(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, SinkConfig};
+
+    fn parse(sink: &str) -> Result<Config, String> {
+        let text = format!(
+            "[state]\ndirectory = \"/var/lib/perapera\"\n[[source]]\ntype = \"journal\"\n\
+             [sink]\ntype = \"kafka\"\nbrokers = [\"k:9092\"]\ntopic = \"logs\"\n{sink}"
+        );
+        Config::parse(&text, Path::new("/etc/perapera/perapera.toml")).map_err(|e| e.to_string())
+    }
+
+    fn exactly_once(sink: &str) -> ExactlyOnce {
+        match parse(sink).map(|c| c.sink) {
+            Ok(SinkConfig::Kafka(k)) => k.exactly_once.expect("exactly-once"),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn exactly_once_is_opt_in_and_its_settings_are_checked_where_they_are_written() {
+        let Ok(SinkConfig::Kafka(k)) = parse("").map(|c| c.sink) else {
+            panic!("default")
+        };
+        assert_eq!(k.exactly_once, None, "at-least-once by default");
+        assert!(!k.librdkafka.contains_key("transactional.id"));
+        let eo = exactly_once("delivery = \"exactly-once\"\n");
+        assert_eq!(eo.checkpoint_topic, DEFAULT_CHECKPOINT_TOPIC);
+        assert_eq!(eo.transaction_interval, DEFAULT_TRANSACTION_INTERVAL);
+        assert_eq!(
+            eo.transactional_id,
+            default_id(Path::new("/var/lib/perapera"))
+        );
+        let eo = exactly_once(
+            "delivery = \"exactly-once\"\ntransactional_id = \"web-1\"\n\
+             checkpoint_topic = \"cp\"\ntransaction_interval = \"250ms\"\n",
+        );
+        assert_eq!(
+            (eo.transactional_id.as_str(), eo.transactional_id_configured),
+            ("web-1", true)
+        );
+        assert_eq!(eo.transaction_interval, Duration::from_millis(250));
+        let Ok(SinkConfig::Kafka(k)) =
+            parse("delivery = \"exactly-once\"\ntransactional_id = \"web-1\"\n").map(|c| c.sink)
+        else {
+            panic!("parse")
+        };
+        assert_eq!(
+            k.librdkafka["transactional.id"], "web-1",
+            "the producer gets it"
+        );
+        for (sink, expect) in [
+            ("delivery = \"exactly_once\"\n", "[sink] delivery"),
+            (
+                "transactional_id = \"x\"\n",
+                "only applies with delivery = \"exactly-once\"",
+            ),
+            ("checkpoint_topic = \"x\"\n", "[sink] checkpoint_topic"),
+            (
+                "delivery = \"exactly-once\"\ncheckpoint_topic = \"a b\"\n",
+                "not a valid Kafka topic name",
+            ),
+            (
+                "delivery = \"exactly-once\"\ntransaction_interval = \"2m\"\n",
+                "between 10ms and 60s",
+            ),
+            (
+                "delivery = \"exactly-once\"\n[sink.librdkafka]\n\"enable.idempotence\" = false\n",
+                "must stay true",
+            ),
+            (
+                "delivery = \"exactly-once\"\n[sink.librdkafka]\nacks = \"1\"\n",
+                "needs \"all\"",
+            ),
+            (
+                "[sink.librdkafka]\n\"transactional.id\" = \"x\"\n",
+                "use delivery = \"exactly-once\" and [sink] transactional_id",
+            ),
+        ] {
+            let e = parse(sink)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {sink:?}"));
+            assert!(e.contains(expect), "{sink:?}: {e}");
+        }
+        let mock = "[state]\ndirectory = \"/x\"\n[[source]]\ntype = \"journal\"\n[sink]\n\
+            type = \"kafka\"\ntopic = \"t\"\ndelivery = \"exactly-once\"\n\
+            [sink.librdkafka]\n\"test.mock.num.brokers\" = \"1\"\n";
+        let e = Config::parse(mock, Path::new("/p"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("needs a real Kafka broker")));
+    }
 
     #[test]
     fn the_default_id_is_stable_and_tells_state_directories_apart() {

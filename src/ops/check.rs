@@ -165,6 +165,14 @@ pub fn check(config: &Config, out: &mut impl Write) -> Result<(), CheckError> {
                     |t| format!("go to topic_fallback {t:?}")
                 )
             );
+            match &k.exactly_once {
+                None => wln!(
+                    out,
+                    "  delivery at-least-once: after a crash, entries in flight may arrive twice \
+                     (consumers deduplicate by __CURSOR or the position header)"
+                ),
+                Some(eo) => exactly_once(out, eo),
+            }
             for (key, v) in &k.librdkafka {
                 wln!(out, "  librdkafka {key} = {v}");
             }
@@ -185,4 +193,45 @@ pub fn check(config: &Config, out: &mut impl Write) -> Result<(), CheckError> {
         ),
     }
     Ok(())
+}
+
+/// What `delivery = "exactly-once"` needs, and where it keeps its checkpoint.
+fn exactly_once(out: &mut impl Write, eo: &crate::config::ExactlyOnce) {
+    wln!(
+        out,
+        "  delivery exactly-once: entries and the positions that cover them are committed in \
+         one Kafka transaction every {:?} (or when half the window waits)",
+        eo.transaction_interval
+    );
+    wln!(
+        out,
+        "  transactional id {:?} ({}); two running instances must never share it",
+        eo.transactional_id,
+        if eo.transactional_id_configured {
+            "configured"
+        } else {
+            "from the machine id and the state directory"
+        }
+    );
+    wln!(
+        out,
+        "  checkpoint topic {:?}: it must exist, compacted, before the first start: \
+         kafka-topics.sh --bootstrap-server BROKER --create --topic {} --partitions 1 \
+         --replication-factor 3 --config cleanup.policy=compact",
+        eo.checkpoint_topic,
+        eo.checkpoint_topic
+    );
+    wln!(
+        out,
+        "  resumes from the checkpoint committed in Kafka (the local file is written after each \
+         commit, for `cursor show` and as a cross-check)"
+    );
+    wln!(
+        out,
+        "  requires: brokers with transactions (Kafka 0.11+, transaction.state.log.* settings \
+         met), message.max.bytes no larger than the topics' max.message.bytes (a batch the \
+         broker refuses aborts the transaction), and consumers with \
+         isolation.level=read_committed (librdkafka's default; the Java client's is \
+         read_uncommitted, which also shows entries of aborted transactions)"
+    );
 }
