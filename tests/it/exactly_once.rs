@@ -268,3 +268,55 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops
     );
     assert_eq!(duplicated, 0, "{older_log}\n{newer_log}");
 }
+
+#[test]
+fn a_broker_outage_longer_than_the_transaction_timeout_loses_and_duplicates_nothing() {
+    let mut kafka = Kafka::single();
+    kafka.create_topic(TOPIC, 2);
+    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    write_journal(&journal, &[]);
+    let timeout = "[sink.librdkafka]\n\"transaction.timeout.ms\" = 10000\n";
+    let agent = Agent::start(&eos_config(
+        dir.path(),
+        "a",
+        &kafka,
+        &journal,
+        &logs,
+        timeout,
+    ));
+    wait_committed(&agent, 1);
+    let writers = Writers::start(&journal, &logs);
+    std::thread::sleep(Duration::from_secs(3));
+    // The broker (the transaction coordinator too) goes away for twice the transaction
+    // timeout: the open transaction times out, the coordinator aborts it and bumps the epoch.
+    let id = kafka.ids()[0];
+    kafka.kill(id);
+    std::thread::sleep(Duration::from_secs(20));
+    kafka.restart(id);
+    std::thread::sleep(Duration::from_secs(5));
+    let written = writers.finish();
+    let committed = count(&kafka, written.len(), "read_committed");
+    let log = agent.stop();
+    let (lost, duplicated) = tally(&written, &committed);
+    for line in log
+        .lines()
+        .filter(|l| l.contains("Kafka transaction aborted"))
+    {
+        eprintln!("outage: {line}");
+    }
+    assert!(
+        lost.is_empty(),
+        "lost {} of {}: {:?}\n{log}",
+        lost.len(),
+        written.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert_eq!(duplicated, 0, "{log}");
+    assert!(
+        log.contains("Kafka transaction aborted; starting over"),
+        "the outage aborted the open transaction\n{log}"
+    );
+}
