@@ -11,7 +11,7 @@ cargo clippy --locked --all-targets -- -D warnings
 # The module graph: no import circle, no file over 500 lines of code.
 python3 scripts/modgraph.py src
 cargo test --locked -- --test-threads 2
-cat target/chaos-report.txt
+cat target/chaos-report.txt target/exactly-once-report.txt
 # Every fuzz target for 60 s (PERAPERA_FUZZ_SECONDS overrides), two at a time.
 fuzz/run.sh "${PERAPERA_FUZZ_SECONDS:-60}"
 # The benchmark harness on small data, so that `make bench` keeps working (no targets checked).
