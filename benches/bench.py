@@ -413,10 +413,10 @@ class Kafka:
                 sys.exit(f"bench: Kafka did not start; see {self.dir}/server.log")
             time.sleep(0.2)
 
-    def create_topic(self, name):
+    def create_topic(self, name, config=None):
         from confluent_kafka.admin import AdminClient, NewTopic
         admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}"})
-        for f in admin.create_topics([NewTopic(name, 1, 1)]).values():
+        for f in admin.create_topics([NewTopic(name, 1, 1, config=config or {})]).values():
             f.result(30)
 
     def count(self, topic, expected):
@@ -621,6 +621,28 @@ def main():
                                f"{distinct} of {entries} distinct entries consumed back "
                                f"({records} records)"))
                 idle_runs.append((f"{name} source, Apache Kafka", r))
+                # The same data exactly once (transactions), at the transaction intervals
+                # compared; read back read_committed.
+                for interval in (["1s"] if args.smoke else ["100ms", "1s"]):
+                    tag = f"{name}-eos-{interval}"
+                    topic = f"bench-{tag}"
+                    kafka.create_topic(topic)
+                    kafka.create_topic(f"cp-{tag}", {"cleanup.policy": "compact"})
+                    log(f"perapera {name} -> Apache Kafka, exactly-once, transaction_interval {interval}")
+                    eos = (sink + 'delivery = "exactly-once"\n'
+                           f'transactional_id = "bench-{tag}"\ncheckpoint_topic = "cp-{tag}"\n'
+                           f'transaction_interval = "{interval}"\n')
+                    before = kafka.cpu()
+                    e = run_perapera(work, tag, source, eos, entries, topic)
+                    broker_cpu = kafka.cpu() - before
+                    records, distinct = kafka.count(topic, entries)
+                    row(f"{name} -> Apache Kafka, exactly-once, every {interval}", entries, e,
+                        f"consumed {records} records, {distinct} distinct (read_committed); "
+                        f"{(e.cpu / r.cpu if r.cpu else 0):.2f} x at-least-once CPU; "
+                        f"broker CPU {broker_cpu:.2f} s")
+                    checks.append((f"{name} -> Apache Kafka exactly-once ({interval}): every entry "
+                                   "delivered once", distinct == entries and records == entries,
+                                   f"{distinct} distinct of {entries}, {records} records"))
             measure_idle()  # while the broker runs: its idle cases need it
         finally:
             kafka.stop()

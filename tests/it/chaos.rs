@@ -259,8 +259,7 @@ fn chaos_kills_and_broker_failures_lose_no_tracer() {
 }
 
 /// The cluster faults injected, and how many of each.
-#[derive(Default)]
-struct Faults {
+pub struct Faults {
     broker_kills: u32,
     leader_kills: u32,
     hangs: u32,
@@ -268,16 +267,63 @@ struct Faults {
     below_min_isr: u32,
     rolling_restarts: u32,
     controller_kills: u32,
+    coordinator_kills: u32,
+    /// The topic whose partition 0 leader is a kill target.
+    topic: &'static str,
+    /// Exactly-once: the transactional id whose transaction coordinator is a kill target.
+    transactional_id: Option<String>,
+    /// How many of each kind make enough: broker kills, leader kills, hangs, periods below
+    /// min.insync.replicas, rolling restarts, controller kills, coordinator kills.
+    minimum: [u32; 7],
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            broker_kills: 0,
+            leader_kills: 0,
+            hangs: 0,
+            longest_hang: Duration::ZERO,
+            below_min_isr: 0,
+            rolling_restarts: 0,
+            controller_kills: 0,
+            coordinator_kills: 0,
+            topic: TOPIC,
+            transactional_id: None,
+            minimum: [5, 2, 2, 2, 1, 1, 0],
+        }
+    }
 }
 
 impl Faults {
-    fn enough(&self) -> bool {
-        self.broker_kills >= 5
-            && self.leader_kills >= 2
-            && self.hangs >= 2
-            && self.below_min_isr >= 2
-            && self.rolling_restarts >= 1
-            && self.controller_kills >= 1
+    /// Faults for an exactly-once run: the transaction coordinator of `transactional_id` is
+    /// killed too (at least twice), with fewer of the other kinds.
+    pub fn exactly_once(topic: &'static str, transactional_id: &str) -> Faults {
+        Faults {
+            topic,
+            transactional_id: Some(transactional_id.to_string()),
+            minimum: [3, 1, 1, 1, 0, 0, 2],
+            ..Faults::default()
+        }
+    }
+
+    fn counts(&self) -> [u32; 7] {
+        [
+            self.broker_kills,
+            self.leader_kills,
+            self.hangs,
+            self.below_min_isr,
+            self.rolling_restarts,
+            self.controller_kills,
+            self.coordinator_kills,
+        ]
+    }
+
+    pub fn enough(&self) -> bool {
+        self.counts()
+            .iter()
+            .zip(self.minimum)
+            .all(|(n, min)| *n >= min)
     }
 
     fn total(&self) -> u64 {
@@ -286,23 +332,27 @@ impl Faults {
                 + self.hangs
                 + self.below_min_isr
                 + 3 * self.rolling_restarts
-                + self.controller_kills,
+                + self.controller_kills
+                + self.coordinator_kills,
         )
     }
 
     /// Injects one fault, chosen at random (only the ones still short once `overtime`), and
     /// waits until the cluster is whole again.
-    fn one(&mut self, kafka: &mut Kafka, rng: &mut Rng, overtime: bool) {
+    pub fn one(&mut self, kafka: &mut Kafka, rng: &mut Rng, overtime: bool) {
+        let (n, min) = (self.counts(), self.minimum);
         let short = [
-            self.broker_kills < 5 || self.leader_kills < 2,
-            self.hangs < 2,
-            self.below_min_isr < 2,
-            self.rolling_restarts < 1,
-            self.controller_kills < 1,
+            n[0] < min[0] || n[1] < min[1],
+            n[2] < min[2],
+            n[3] < min[3],
+            n[4] < min[4],
+            n[5] < min[5],
+            n[6] < min[6],
         ];
         let mut kind = (rng.next() % 8) as usize;
-        // Broker kills are the common case: kinds 5..8 are kills too.
-        if kind >= 5 {
+        // Broker kills are the common case: kinds 6..8 are kills too.
+        // A kind this run does not ask for is a broker kill too.
+        if kind >= 6 || (kind >= 1 && min[kind + 1] == 0) {
             kind = 0;
         }
         if overtime && !short[kind] {
@@ -312,7 +362,7 @@ impl Faults {
             }
         }
         let ids = kafka.ids();
-        let leader = kafka.leaders(TOPIC).first().copied().unwrap_or(-1);
+        let leader = kafka.leaders(self.topic).first().copied().unwrap_or(-1);
         match kind {
             0 => {
                 // Every other kill takes the leader of partition 0.
@@ -359,6 +409,16 @@ impl Faults {
                 }
                 self.rolling_restarts += 1;
             }
+            5 => {
+                let id = self.transactional_id.clone().unwrap_or_default();
+                let Some(coordinator) = kafka.transaction_coordinator(&id) else {
+                    return;
+                };
+                kafka.kill(coordinator);
+                std::thread::sleep(rng.millis(2000, 6000));
+                kafka.restart(coordinator);
+                self.coordinator_kills += 1;
+            }
             _ => {
                 let Some(controller) = kafka.active_controller() else {
                     return;
@@ -385,7 +445,15 @@ impl std::fmt::Display for Faults {
             self.below_min_isr,
             self.rolling_restarts,
             self.controller_kills
-        )
+        )?;
+        if self.transactional_id.is_some() {
+            write!(
+                f,
+                ", transaction coordinator kills {}",
+                self.coordinator_kills
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -425,7 +493,7 @@ fn split_duplicates(kafka: &Kafka, copies: &serde_json::Value) -> (u64, u64) {
     (same, other)
 }
 
-fn now_seed() -> u64 {
+pub fn now_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)

@@ -452,6 +452,26 @@ broker.heartbeat.interval.ms=1000
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// The broker coordinating `transactional_id`'s transactions (`TransactionsCommand
+    /// describe`), while one is known.
+    pub fn transaction_coordinator(&self, transactional_id: &str) -> Option<u32> {
+        let out = self.tool(
+            "org.apache.kafka.tools.TransactionsCommand",
+            &[
+                "--bootstrap-server",
+                &self.bootstrap,
+                "describe",
+                "--transactional-id",
+                transactional_id,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+        let column = header.iter().position(|h| *h == "CoordinatorId")?;
+        lines.next()?.split_whitespace().nth(column)?.parse().ok()
+    }
+
     /// The broker port of node `id`.
     pub fn port(&self, id: u32) -> u16 {
         self.nodes[self.index(id)].port
