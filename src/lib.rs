@@ -10,8 +10,9 @@
 //! - [`msgpack`]: a field's `Value`, and MessagePack writing and reading.
 //! - [`position`]: where an entry is in its source (cursor, file offset, forward request).
 //! - [`record`]: an entry on its way (its encoded map and time) and templates over its fields.
-//! - [`pipeline`]: source → sink: the in-flight window, acks, retries, oversize, shutdown.
-//! - [`sink`]: Kafka, forward and stdout.
+//! - [`pipeline`]: source → sink: the in-flight window, acks, retries, oversize, shutdown,
+//!   and exactly-once transactions (commit as the checkpoint write, rewind on abort).
+//! - [`sink`]: Kafka (at-least-once, or exactly-once in transactions), forward and stdout.
 //! - [`forward`]: the Fluentd Forward protocol codec, shared by the forward source and sink.
 //! - [`tls`]: TLS for the forward listener and the forward sink.
 //! - [`checkpoint`]: the acknowledgement watermark, file offsets, the state file and its lock.
