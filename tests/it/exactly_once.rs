@@ -396,6 +396,16 @@ fn exactly_once_chaos_on_three_brokers_delivers_every_tracer_once() {
         std::thread::sleep(rng.millis(2000, 4000));
         faults.one(&mut kafka, &mut rng, Instant::now() >= end);
     }
+    // And the whole cluster hung for longer than transaction.timeout.ms (10 s): the open
+    // transaction times out on the coordinator.
+    for id in kafka.ids() {
+        kafka.signal(id, libc::SIGSTOP);
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    for id in kafka.ids() {
+        kafka.signal(id, libc::SIGCONT);
+    }
+    std::thread::sleep(Duration::from_secs(5));
     stop_driver.store(true, Ordering::Relaxed);
     driver.join().unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -409,7 +419,8 @@ fn exactly_once_chaos_on_three_brokers_delivers_every_tracer_once() {
     let line = format!(
         "exactly-once chaos (journal + rotating files -> Apache Kafka, 3 brokers, seed {seed}): \
          tracers written {}, read_committed: lost {}, duplicated {duplicated}; read_uncommitted \
-         also saw {aborted_copies} copies from aborted transactions; perapera SIGKILLs {}; {faults}",
+         also saw {aborted_copies} copies from aborted transactions; perapera SIGKILLs {}; {faults}; \
+         the whole cluster hung 15 s (transaction.timeout.ms 10 s)",
         written.len(),
         lost.len(),
         kills.load(Ordering::Relaxed),

@@ -99,10 +99,40 @@ pub fn produce_checkpoint(
 }
 
 /// `commit_transaction`: flushes what the transaction holds, then commits. Blocks.
+///
+/// Straight through librdkafka: rdkafka's `commit_transaction` first runs its own `flush`,
+/// which polls in steps of 100 ms that always wait out the step, so every commit took at
+/// least 100 ms. librdkafka's commit waits for the outstanding messages itself, and the
+/// delivery reports are served meanwhile by the report thread (`poller`), as librdkafka
+/// requires with the event API.
 pub fn commit(producer: &BaseProducer<Context>, timeout: Duration) -> Result<(), TxnError> {
-    producer
-        .commit_transaction(timeout)
-        .map_err(|e| classify(&e))
+    use rdkafka::bindings as rd;
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: a live producer handle; a returned error is ours to read, then destroyed once.
+    unsafe {
+        let error = rd::rd_kafka_commit_transaction(producer.client().native_ptr(), ms);
+        if error.is_null() {
+            return Ok(());
+        }
+        let b = rd::rd_kafka_error_string(error);
+        let text = if b.is_null() {
+            String::from("commit failed")
+        } else {
+            std::ffi::CStr::from_ptr(b).to_string_lossy().into_owned()
+        };
+        let code = RDKafkaErrorCode::from(rd::rd_kafka_error_code(error));
+        let result = if is_fenced(code) {
+            TxnError::Fenced(text)
+        } else if rd::rd_kafka_error_is_retriable(error) != 0 {
+            TxnError::Retriable(text)
+        } else if rd::rd_kafka_error_txn_requires_abort(error) != 0 {
+            TxnError::Abortable(text)
+        } else {
+            TxnError::Fatal(format!("{code:?}: {text}"))
+        };
+        rd::rd_kafka_error_destroy(error);
+        Err(result)
+    }
 }
 
 /// `abort_transaction`: purges what the transaction holds and aborts it. Blocks.
