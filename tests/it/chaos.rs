@@ -14,7 +14,6 @@
 //! target/chaos-report.txt (./test.sh prints it).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,46 +75,16 @@ fn chaos_kills_and_broker_failures_lose_no_tracer() {
     );
 
     // Writers: 100 journal tracers and 100 file lines a second.
-    let stop_writers = Arc::new(AtomicBool::new(false));
-    let journal_written = Arc::new(AtomicU64::new(0));
-    let files_written = Arc::new(AtomicU64::new(0));
-    let journal_writer = {
-        let (stop, n, journal) = (
-            stop_writers.clone(),
-            journal_written.clone(),
-            journal.clone(),
-        );
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let first = n.load(Ordering::Relaxed);
-                let batch: Vec<Entry> = (first..first + 10)
-                    .map(|i| entry(i, 1_700_000_000_000_000 + i * 1000))
-                    .collect();
-                write_journal(&journal, &batch);
-                n.store(first + 10, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
-    let files_writer = {
-        let (stop, n, logs) = (stop_writers.clone(), files_written.clone(), logs.clone());
-        std::thread::spawn(move || {
-            let path = logs.join("app.log");
-            let mut f = std::fs::File::create(&path).unwrap();
-            let mut rotations = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let i = n.load(Ordering::Relaxed);
-                writeln!(f, "f-{i}").unwrap();
-                n.store(i + 1, Ordering::Relaxed);
-                if (i + 1) % 2000 == 0 {
-                    rotations += 1;
-                    std::fs::rename(&path, logs.join(format!("app.log.{rotations}"))).unwrap();
-                    f = std::fs::File::create(&path).unwrap();
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let tracers = Tracers::start(
+        &journal,
+        &logs,
+        Rates {
+            batch: 10,
+            batch_pause: Duration::from_millis(100),
+            line_pause: Duration::from_millis(10),
+            rotate_every: 2000,
+        },
+    );
 
     // The agent driver: SIGKILL (and every so often SIGTERM) at random moments, restart.
     let agent = Arc::new(Mutex::new(Some(Agent::start(&config))));
@@ -176,13 +145,7 @@ fn chaos_kills_and_broker_failures_lose_no_tracer() {
     }
     stop_driver.store(true, Ordering::Relaxed);
     driver.join().unwrap();
-    stop_writers.store(true, Ordering::Relaxed);
-    journal_writer.join().unwrap();
-    files_writer.join().unwrap();
-    let (jn, fnum) = (
-        journal_written.load(Ordering::Relaxed),
-        files_written.load(Ordering::Relaxed),
-    );
+    let written = tracers.finish();
 
     // The broker stays up now: the independent consumer counts while the last agent catches
     // up (it reads until every tracer was seen and the topic stayed quiet for 5 s).
@@ -191,7 +154,7 @@ fn chaos_kills_and_broker_failures_lose_no_tracer() {
     let out = output_ok(
         Command::new("python3")
             .arg(repo().join("tests/py/count_tracers.py"))
-            .args([kafka.bootstrap.as_str(), TOPIC, &(jn + fnum).to_string()]),
+            .args([kafka.bootstrap.as_str(), TOPIC, &written.len().to_string()]),
     );
     max_rss.fetch_max(rss_mib(agent.child.id()), Ordering::Relaxed);
     agent.signal(libc::SIGTERM);
@@ -207,10 +170,6 @@ fn chaos_kills_and_broker_failures_lose_no_tracer() {
         .unwrap()
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .collect();
-    let written: Vec<String> = (0..jn)
-        .map(|i| format!("j{i}"))
-        .chain((0..fnum).map(|i| format!("f-{i}")))
         .collect();
     let lost: Vec<&String> = written
         .iter()

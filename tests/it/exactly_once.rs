@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -17,76 +16,13 @@ use crate::support::*;
 const TOPIC: &str = "eos";
 const CHECKPOINTS: &str = "perapera.checkpoints";
 
-/// Journal tracers (`SEQ`, "j<n>") and file lines ("f-<n>", the file rotated by rename every
-/// 500 lines) written until stopped.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    journal: Arc<AtomicU64>,
-    files: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(journal: &Path, logs: &Path) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (jn, fnum) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let journal_writer = {
-            let (stop, n, journal) = (stop.clone(), jn.clone(), journal.to_path_buf());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let first = n.load(Ordering::Relaxed);
-                    let batch: Vec<Entry> = (first..first + 20)
-                        .map(|i| entry(i, 1_700_000_000_000_000 + i * 1000))
-                        .collect();
-                    write_journal(&journal, &batch);
-                    n.store(first + 20, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        let files_writer = {
-            let (stop, n, logs) = (stop.clone(), fnum.clone(), logs.to_path_buf());
-            std::thread::spawn(move || {
-                let path = logs.join("app.log");
-                let mut f = std::fs::File::create(&path).unwrap();
-                let mut rotations = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let i = n.load(Ordering::Relaxed);
-                    writeln!(f, "f-{i}").unwrap();
-                    n.store(i + 1, Ordering::Relaxed);
-                    if (i + 1) % 500 == 0 {
-                        rotations += 1;
-                        std::fs::rename(&path, logs.join(format!("app.log.{rotations}"))).unwrap();
-                        f = std::fs::File::create(&path).unwrap();
-                    }
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        };
-        Writers {
-            stop,
-            journal: jn,
-            files: fnum,
-            threads: vec![journal_writer, files_writer],
-        }
-    }
-
-    /// Stops them; every tracer written.
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        let (jn, fnum) = (
-            self.journal.load(Ordering::Relaxed),
-            self.files.load(Ordering::Relaxed),
-        );
-        (0..jn)
-            .map(|i| format!("j{i}"))
-            .chain((0..fnum).map(|i| format!("f-{i}")))
-            .collect()
-    }
-}
+/// 400 journal tracers a second, about 300 lines a second, a rotation every 500 lines.
+const RATES: Rates = Rates {
+    batch: 20,
+    batch_pause: Duration::from_millis(50),
+    line_pause: Duration::from_millis(3),
+    rotate_every: 500,
+};
 
 fn eos_config(
     dir: &Path,
@@ -112,6 +48,42 @@ fn eos_config(
             kafka.bootstrap,
         ),
     )
+}
+
+/// The topics, an empty journal and the log directory.
+fn prepare(kafka: &Kafka) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    kafka.create_topic(TOPIC, 2);
+    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    write_journal(&journal, &[]);
+    (dir, journal, logs)
+}
+
+/// No tracer lost, none duplicated.
+fn assert_once(lost: &[String], duplicated: u64, context: &str) {
+    assert!(
+        lost.is_empty(),
+        "lost {}: {:?}\n{context}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert_eq!(duplicated, 0, "duplicated\n{context}");
+}
+
+/// Prints a report line and appends it to target/exactly-once-report.txt (`./test.sh`
+/// prints it).
+fn report(line: &str) {
+    eprintln!("{line}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/exactly-once-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Counts the tracers in the topic with confluent-kafka at `isolation`.
@@ -166,14 +138,9 @@ fn wait_committed(agent: &Agent, n: usize) {
 #[test]
 fn exactly_once_through_sigkills_delivers_every_tracer_once() {
     let kafka = Kafka::single();
-    kafka.create_topic(TOPIC, 2);
-    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
-    std::fs::create_dir_all(&logs).unwrap();
-    write_journal(&journal, &[]);
+    let (dir, journal, logs) = prepare(&kafka);
     let config = eos_config(dir.path(), "a", &kafka, &journal, &logs, "");
-    let writers = Writers::start(&journal, &logs);
+    let writers = Tracers::start(&journal, &logs, RATES);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut kills = 0;
     let mut agent = Agent::start(&config);
@@ -198,21 +165,8 @@ fn exactly_once_through_sigkills_delivers_every_tracer_once() {
         written.len(),
         lost.len(),
     );
-    eprintln!("{line}");
-    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/exactly-once-report.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(report)
-    {
-        let _ = writeln!(f, "{line}");
-    }
-    assert!(
-        lost.is_empty(),
-        "{line}\nlost: {:?}\n{log}",
-        &lost[..lost.len().min(20)]
-    );
-    assert_eq!(duplicated, 0, "{line}");
+    report(&line);
+    assert_once(&lost, duplicated, &format!("{line}\n{log}"));
     // The kills left transactions open that the next start aborted: a read_uncommitted
     // consumer sees their copies, so the test would notice a mode that was not transactional.
     assert!(aborted_copies > 0, "{line}");
@@ -221,12 +175,7 @@ fn exactly_once_through_sigkills_delivers_every_tracer_once() {
 #[test]
 fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops() {
     let kafka = Kafka::single();
-    kafka.create_topic(TOPIC, 2);
-    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
-    std::fs::create_dir_all(&logs).unwrap();
-    write_journal(&journal, &[]);
+    let (dir, journal, logs) = prepare(&kafka);
     let id = "transactional_id = \"perapera-shared\"\n";
     let older = Agent::start(&eos_config(
         dir.path(),
@@ -236,7 +185,7 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops
         &logs,
         id,
     ));
-    let writers = Writers::start(&journal, &logs);
+    let writers = Tracers::start(&journal, &logs, RATES);
     wait_committed(&older, 1);
     std::thread::sleep(Duration::from_secs(2));
     let newer = Agent::start(&eos_config(
@@ -263,25 +212,13 @@ fn a_second_instance_with_the_same_transactional_id_fences_the_first_which_stops
     let committed = count(&kafka, written.len(), "read_committed");
     let newer_log = newer.stop();
     let (lost, duplicated) = tally(&written, &committed);
-    assert!(
-        lost.is_empty(),
-        "lost {} of {}: {:?}\n{newer_log}",
-        lost.len(),
-        written.len(),
-        &lost[..lost.len().min(20)]
-    );
-    assert_eq!(duplicated, 0, "{older_log}\n{newer_log}");
+    assert_once(&lost, duplicated, &format!("{older_log}\n{newer_log}"));
 }
 
 #[test]
 fn a_broker_outage_longer_than_the_transaction_timeout_loses_and_duplicates_nothing() {
     let mut kafka = Kafka::single();
-    kafka.create_topic(TOPIC, 2);
-    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
-    std::fs::create_dir_all(&logs).unwrap();
-    write_journal(&journal, &[]);
+    let (dir, journal, logs) = prepare(&kafka);
     let timeout = "[sink.librdkafka]\n\"transaction.timeout.ms\" = 10000\n";
     let agent = Agent::start(&eos_config(
         dir.path(),
@@ -292,7 +229,7 @@ fn a_broker_outage_longer_than_the_transaction_timeout_loses_and_duplicates_noth
         timeout,
     ));
     wait_committed(&agent, 1);
-    let writers = Writers::start(&journal, &logs);
+    let writers = Tracers::start(&journal, &logs, RATES);
     std::thread::sleep(Duration::from_secs(3));
     // The broker (the transaction coordinator too) goes away for twice the transaction
     // timeout: the open transaction times out, the coordinator aborts it and bumps the epoch.
@@ -311,14 +248,7 @@ fn a_broker_outage_longer_than_the_transaction_timeout_loses_and_duplicates_noth
     {
         eprintln!("outage: {line}");
     }
-    assert!(
-        lost.is_empty(),
-        "lost {} of {}: {:?}\n{log}",
-        lost.len(),
-        written.len(),
-        &lost[..lost.len().min(20)]
-    );
-    assert_eq!(duplicated, 0, "{log}");
+    assert_once(&lost, duplicated, &log);
     assert!(
         log.contains("Kafka transaction aborted; starting over"),
         "the outage aborted the open transaction\n{log}"
@@ -337,12 +267,7 @@ fn exactly_once_chaos_on_three_brokers_delivers_every_tracer_once() {
         .unwrap_or_else(|| crate::chaos::now_seed() | 1);
     eprintln!("exactly-once chaos: seed {seed}, {seconds} s");
     let mut kafka = Kafka::cluster();
-    kafka.create_topic(TOPIC, 2);
-    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
-    std::fs::create_dir_all(&logs).unwrap();
-    write_journal(&journal, &[]);
+    let (dir, journal, logs) = prepare(&kafka);
     let id = "perapera-chaos";
     let brokers = kafka
         .bootstrap
@@ -364,7 +289,7 @@ fn exactly_once_chaos_on_three_brokers_delivers_every_tracer_once() {
             logs.display(),
         ),
     );
-    let writers = Writers::start(&journal, &logs);
+    let writers = Tracers::start(&journal, &logs, RATES);
     let agent = Arc::new(std::sync::Mutex::new(Some(Agent::start(&config))));
     let (stop_driver, kills) = (
         Arc::new(AtomicBool::new(false)),
@@ -425,19 +350,6 @@ fn exactly_once_chaos_on_three_brokers_delivers_every_tracer_once() {
         lost.len(),
         kills.load(Ordering::Relaxed),
     );
-    eprintln!("{line}");
-    let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/exactly-once-report.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(report)
-    {
-        let _ = writeln!(f, "{line}");
-    }
-    assert!(
-        lost.is_empty(),
-        "{line}\nlost: {:?}\n{log}",
-        &lost[..lost.len().min(20)]
-    );
-    assert_eq!(duplicated, 0, "{line}");
+    report(&line);
+    assert_once(&lost, duplicated, &format!("{line}\n{log}"));
 }

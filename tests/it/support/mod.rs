@@ -16,8 +16,10 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 pub mod certs;
 pub mod kafka;
+pub mod tracers;
 pub use certs::*;
 pub use kafka::*;
+pub use tracers::*;
 
 pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
