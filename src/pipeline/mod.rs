@@ -82,6 +82,9 @@ pub enum RunError {
     /// Exactly-once: fenced again and again: another instance uses our transactional id.
     #[error("{0}")]
     Fenced(String),
+    /// Exactly-once: the cluster cannot be reached to start (handled inside `run`: retried).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What a finished run reports.
@@ -147,10 +150,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     loop {
         let commits = stats.txn.committed_total();
         let e = match run_once(&config, &stats, shutdown.as_mut(), &mut stopping).await {
-            Err(RunError::Rewind(e)) => e,
+            Err(RunError::Rewind(e)) => {
+                stats.txn.aborted(e.label());
+                e
+            }
+            Err(RunError::Unavailable(_)) if stopping => return Ok(Summary::default()),
+            // Exactly-once cannot start without the cluster (init_transactions, the committed
+            // checkpoint): like a sink outage in at-least-once mode, that is waited out, with
+            // the reason logged and /health saying "starting".
+            Err(RunError::Unavailable(reason)) => {
+                tracing::error!(%reason, pause = ?pause, "Cannot start exactly-once delivery; retrying");
+                TxnError::Retriable(reason)
+            }
             other => return other,
         };
-        stats.txn.aborted(e.label());
         if stopping {
             // The next start resumes from the checkpoint committed in Kafka.
             return Ok(Summary::default());
@@ -224,9 +237,15 @@ async fn run_once<F: Future<Output = ()>>(
     let started = if exactly_once {
         // init_transactions and the read of the committed checkpoint block.
         let (config, stats) = (config.clone(), stats.clone());
-        tokio::task::spawn_blocking(move || start::start(&config, stats))
-            .await
-            .map_err(|e| RunError::Sink(format!("start-up failed: {e}")))?
+        let starting = tokio::task::spawn_blocking(move || start::start(&config, stats));
+        tokio::select! {
+            started = starting => started.map_err(|e| RunError::Sink(format!("start-up failed: {e}")))?,
+            // A stop while the cluster is away: nothing was read yet, nothing to drain.
+            () = &mut shutdown => {
+                *stopping = true;
+                return Ok(Summary::default());
+            }
+        }
     } else {
         start::start(config, stats.clone())
     };

@@ -102,8 +102,11 @@ pub(super) fn start(config: &Config, stats: Arc<Stats>) -> Result<Started, RunEr
     };
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let mut sink = Sink::new(&config.sink, ack_tx).map_err(RunError::Sink)?;
-    let checkpoint = match sink.transactional().and_then(|s| s.take_committed()) {
-        Some(committed) => super::committed::checkpoint(committed, local, config)?,
+    let checkpoint = match sink.transactional() {
+        Some(k) => {
+            k.open_transactions().map_err(RunError::Unavailable)?;
+            super::committed::checkpoint(k.take_committed().flatten(), local, config)?
+        }
         None => local.unwrap_or_default(),
     };
     let (inlets, senders) = Inlets::new(config.sources.len());

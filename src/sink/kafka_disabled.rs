@@ -85,4 +85,9 @@ impl KafkaSink {
     pub fn fatal_reason(&self) -> Option<TxnError> {
         match *self {}
     }
+
+    /// Unreachable.
+    pub fn open_transactions(&mut self) -> Result<(), String> {
+        match *self {}
+    }
 }

@@ -353,3 +353,33 @@ fn exactly_once_chaos_on_three_brokers_delivers_every_tracer_once() {
     report(&line);
     assert_once(&lost, duplicated, &format!("{line}\n{log}"));
 }
+
+#[test]
+fn a_missing_checkpoint_topic_is_reported_and_waited_for() {
+    let kafka = Kafka::single();
+    kafka.create_topic(TOPIC, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, logs) = (dir.path().join("journal"), dir.path().join("logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    write_journal(&journal, &entries(0, 100));
+    let mut agent = Agent::start(&eos_config(dir.path(), "a", &kafka, &journal, &logs, ""));
+    assert!(
+        agent.wait_log(
+            "perapera.checkpoints\" does not exist; create it",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.wait_exit(Duration::from_secs(2)).is_none(),
+        "it waits, it does not exit"
+    );
+    kafka.create_topic_with(CHECKPOINTS, 1, &[("cleanup.policy", "compact")]);
+    wait_committed(&agent, 1);
+    let written: Vec<String> = (0..100).map(|i| format!("j{i}")).collect();
+    let committed = count(&kafka, written.len(), "read_committed");
+    let log = agent.stop();
+    let (lost, duplicated) = tally(&written, &committed);
+    assert_once(&lost, duplicated, &log);
+}

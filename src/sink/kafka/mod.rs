@@ -133,45 +133,9 @@ fn create(
 
 impl KafkaSink {
     /// Creates the producer (no network round trip: librdkafka connects in the background).
-    ///
-    /// With `delivery = "exactly-once"` it blocks: `init_transactions` (which fences an older
-    /// instance with our transactional id and aborts its open transaction), then the read of
-    /// the last committed checkpoint. Call it off the async runtime's threads.
+    /// With `delivery = "exactly-once"`, [`KafkaSink::open_transactions`] comes next.
     pub fn new(config: KafkaConfig, acks: mpsc::UnboundedSender<Ack>) -> Result<KafkaSink, String> {
         let client = Client::new(&config, &acks, false)?;
-        let txn = match &config.exactly_once {
-            None => None,
-            Some(eo) => {
-                let timeout = config
-                    .librdkafka
-                    .get("transaction.timeout.ms")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map_or(Duration::from_secs(60), Duration::from_millis);
-                txn::init(&client.producer, timeout + Duration::from_secs(30)).map_err(|e| {
-                    format!(
-                        "cannot initialise Kafka transactions for transactional id {:?}: {e}",
-                        eo.transactional_id
-                    )
-                })?;
-                let (partition, committed) = committed::read(
-                    &config.librdkafka,
-                    &eo.checkpoint_topic,
-                    &eo.transactional_id,
-                    timeout + Duration::from_secs(30),
-                )?;
-                tracing::info!(transactional_id = %eo.transactional_id, checkpoint_topic = %eo.checkpoint_topic,
-                    partition, committed = committed.is_some(),
-                    "Kafka transactions initialised; resuming from the checkpoint committed in Kafka");
-                Some(Txn {
-                    checkpoint_topic: eo.checkpoint_topic.clone(),
-                    partition,
-                    id: eo.transactional_id.clone(),
-                    open: false,
-                    timeout,
-                    committed,
-                })
-            }
-        };
         Ok(KafkaSink {
             config,
             acks,
@@ -180,13 +144,53 @@ impl KafkaSink {
             topic: String::new(),
             position: String::new(),
             key: String::new(),
-            txn,
+            txn: None,
         })
+    }
+
+    /// Exactly-once: `init_transactions` (which fences an older instance with our
+    /// transactional id and aborts its open transaction), then the read of the last committed
+    /// checkpoint (see [`KafkaSink::take_committed`]). Blocks; fails while the cluster cannot
+    /// be reached, or the checkpoint topic is missing.
+    pub fn open_transactions(&mut self) -> Result<(), String> {
+        let Some(eo) = &self.config.exactly_once else {
+            return Ok(());
+        };
+        let timeout = self
+            .config
+            .librdkafka
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::from_secs(60), Duration::from_millis);
+        txn::init(&self.client.producer, timeout + Duration::from_secs(30)).map_err(|e| {
+            format!(
+                "cannot initialise Kafka transactions for transactional id {:?}: {e}",
+                eo.transactional_id
+            )
+        })?;
+        let (partition, committed) = committed::read(
+            &self.config.librdkafka,
+            &eo.checkpoint_topic,
+            &eo.transactional_id,
+            timeout + Duration::from_secs(30),
+        )?;
+        tracing::info!(transactional_id = %eo.transactional_id, checkpoint_topic = %eo.checkpoint_topic,
+            partition, committed = committed.is_some(),
+            "Kafka transactions initialised; resuming from the checkpoint committed in Kafka");
+        self.txn = Some(Txn {
+            checkpoint_topic: eo.checkpoint_topic.clone(),
+            partition,
+            id: eo.transactional_id.clone(),
+            open: false,
+            timeout,
+            committed,
+        });
+        Ok(())
     }
 
     /// Whether this sink delivers exactly once (in transactions).
     pub fn exactly_once(&self) -> bool {
-        self.txn.is_some()
+        self.config.exactly_once.is_some()
     }
 
     /// The checkpoint committed in Kafka, read at start (`Some(None)`: none committed yet;
