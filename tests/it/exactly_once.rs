@@ -33,6 +33,10 @@ fn eos_config(
     extra: &str,
 ) -> std::path::PathBuf {
     let state = dir.join(format!("state-{name}"));
+    let interval = match extra.contains("transaction_interval") {
+        true => "",
+        false => "transaction_interval = \"200ms\"\n",
+    };
     std::fs::create_dir_all(dir.join(name)).unwrap();
     config_file(
         &dir.join(name),
@@ -41,7 +45,7 @@ fn eos_config(
              [[source]]\ntype = \"journal\"\ndirectory = \"{}\"\n\
              [[source]]\ntype = \"files\"\nname = \"files\"\ninclude = [\"{}/app.log*\"]\nformat = \"raw\"\n\
              [sink]\ntype = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{TOPIC}\"\n\
-             delivery = \"exactly-once\"\ntransaction_interval = \"200ms\"\n{extra}",
+             delivery = \"exactly-once\"\n{interval}{extra}",
             state.display(),
             journal.display(),
             logs.display(),
@@ -139,14 +143,17 @@ fn wait_committed(agent: &Agent, n: usize) {
 fn exactly_once_through_sigkills_delivers_every_tracer_once() {
     let kafka = Kafka::single();
     let (dir, journal, logs) = prepare(&kafka);
-    let config = eos_config(dir.path(), "a", &kafka, &journal, &logs, "");
+    // Transactions of up to 2 s (or half the window, 1 000 entries): the kills hit open ones,
+    // which a read_uncommitted consumer then shows.
+    let interval = "transaction_interval = \"2s\"\n";
+    let config = eos_config(dir.path(), "a", &kafka, &journal, &logs, interval);
     let writers = Tracers::start(&journal, &logs, RATES);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut kills = 0;
     let mut agent = Agent::start(&config);
     wait_committed(&agent, 1);
     while kills < 20 {
-        std::thread::sleep(rng.millis(300, 1500));
+        std::thread::sleep(rng.millis(800, 2000));
         agent.kill9();
         kills += 1;
         agent = Agent::start(&config);
